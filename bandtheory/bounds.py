@@ -1,0 +1,338 @@
+"""The exact Band: ratio bounds allowed by an f-divergence trust region.
+
+For a token with old probability ``p`` the Band is the interval of ratios
+``r = pi(a) / p`` reachable inside ``{pi : D_f(pi || pi_old) <= delta}``. By the
+reduction theorem (THEORY.md section 2) it depends on ``p`` alone, and its ends are
+the roots in ``r`` of
+
+.. math::
+
+    g_f(p, r) = p\\, f(r) + (1 - p)\\, f\\!\\left(\\frac{1 - r p}{1 - p}\\right) = \\delta,
+    \\qquad \\text{lower} \\in [0, 1],\\ \\text{upper} \\in [1, 1/p].
+
+Numerical method (why it is accurate everywhere). Both ends are one problem: one of
+the two masses ``p`` and ``1 - p`` shrinks by the factor ``v = exp(-y)`` and the other
+absorbs what it lost. With ``a`` the shrinking mass and ``b = 1 - a``,
+
+.. math::
+
+    G(y) = a\\, f(e^{-y}) + b\\, f\\!\\left(1 + \\frac{a (1 - e^{-y})}{b}\\right) = \\delta,
+    \\qquad y \\in [0, \\infty].
+
+The lower bound is ``a = p`` and ``lower = exp(-y)``; the upper bound is ``a = 1 - p``
+and ``upper = 1 + (1 - p)(1 - exp(-y)) / p``. ``1 - p`` is formed as ``-expm1(log p)``,
+``1 - exp(-y)`` as ``-expm1(-y)`` and ``f(exp(-y))`` symbolically in ``y``, so no step
+cancels catastrophically: the upper bound keeps its relative accuracy for ``p`` down
+to the smallest normal double and the lower bound its absolute accuracy when
+``exp(-y)`` underflows. ``G`` is increasing in ``y``; it is solved by Newton's method
+safeguarded by a bracket (bisection or doubling when a step leaves it), started at the
+small-``delta`` solution ``y0 = sqrt(2 delta b / (f''(1) a))``. Saturation is decided
+first and exactly: ``G(inf) = a f(0+) + b f(1 + a/b) <= delta`` gives ``lower = 0`` or
+``upper = 1/p``. At ``p = 1`` the term ``b f(1 + c/b)`` is replaced by its perspective
+limit ``c f'(inf)``, which gives ``[r*, 1]``.
+
+References:
+    BandPO (arXiv 2603.04918), the Band operator and its reduction to one dimension
+    (THEORY.md section 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_array
+
+from . import divergences as _div
+
+__all__ = ["Band", "band_bounds", "g", "r_star", "LOG_P_MIN"]
+
+#: Below this log-probability ``p`` is not a normal double; the Band is reported as
+#: its ``p -> 0`` limit ``[0, inf]`` (the true upper bound overflows float64 there
+#: for every divergence with a finite ``f'(inf)``).
+LOG_P_MIN = math.log(np.finfo(np.float64).tiny)
+
+_MAX_ITER = 100
+# Newton converges quadratically, so once a step is below 1e-13 relative the iterate
+# after it is exact to rounding; a tighter test would chase the ~1e-16 noise of G.
+_RTOL = 1e-13
+
+
+@dataclass(frozen=True)
+class Band:
+    """Ratio bounds ``lower <= r <= upper`` (arrays of the input's shape and type)."""
+
+    lower: Any
+    upper: Any
+
+    def __iter__(self):
+        yield self.lower
+        yield self.upper
+
+
+# --------------------------------------------------------------------------------------
+# Input handling (public boundary only)
+# --------------------------------------------------------------------------------------
+
+
+def _check_delta(delta: Any) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)):
+        raise TypeError(f"delta must be a real number, got {type(delta).__name__}")
+    value = float(delta)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
+    return value
+
+
+def _as_array(old_log_prob: Any) -> tuple[Any, Any, bool]:
+    """Return (array, namespace, was_python_scalar); refuse non-float dtypes."""
+    scalar = False
+    if isinstance(old_log_prob, bool):
+        raise TypeError("old_log_prob must be floating point, got bool")
+    if isinstance(old_log_prob, (int, float)):
+        old_log_prob = np.asarray(float(old_log_prob), dtype=np.float64)
+        scalar = True
+    elif isinstance(old_log_prob, (list, tuple)) or np.isscalar(old_log_prob):
+        old_log_prob = np.asarray(old_log_prob)
+    try:
+        xp = array_namespace(old_log_prob)
+    except TypeError as exc:
+        raise TypeError(
+            f"old_log_prob must be a float array (numpy or torch) or a Python float, "
+            f"got {type(old_log_prob).__name__}"
+        ) from exc
+    if not xp.isdtype(old_log_prob.dtype, "real floating"):
+        raise TypeError(
+            f"old_log_prob must have a real floating dtype (float16/32/64, bfloat16), "
+            f"got {old_log_prob.dtype}"
+        )
+    return old_log_prob, xp, scalar
+
+
+def _first_index(mask_np: np.ndarray) -> tuple[int, ...]:
+    flat = int(np.flatnonzero(mask_np.reshape(-1))[0])
+    return tuple(int(i) for i in np.unravel_index(flat, mask_np.shape))
+
+
+def _to_numpy(xp: Any, x: Any) -> np.ndarray:
+    if is_numpy_array(x):
+        return x
+    return np.asarray(x.detach().cpu()) if hasattr(x, "detach") else np.asarray(x)
+
+
+def validate_log_prob(x: Any, xp: Any, *, name: str = "old_log_prob") -> None:
+    """Raise ``ValueError`` for NaN or positive (beyond rounding) log-probabilities.
+
+    This needs the values on the host (a device synchronisation for GPU tensors).
+    """
+    values = _to_numpy(xp, x)
+    eps = float(np.finfo(values.dtype).eps)
+    bad_nan = np.isnan(values)
+    if bad_nan.any():
+        raise ValueError(
+            f"{name} contains NaN in {int(bad_nan.sum())} entries (first at index "
+            f"{_first_index(bad_nan)}); log-probabilities must be <= 0 or -inf"
+        )
+    bad_pos = values > 8.0 * eps
+    if bad_pos.any():
+        raise ValueError(
+            f"{name} is positive in {int(bad_pos.sum())} entries (first at index "
+            f"{_first_index(bad_pos)}, value {values[_first_index(bad_pos)]!r}); "
+            "log-probabilities must be <= 0 (or -inf)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The reduced objective and its Newton solve
+# --------------------------------------------------------------------------------------
+
+
+def _objective(xp, div, a, b, b_pos, b_safe, y, slope_inf):
+    """``G(y) - 0`` and ``dG/dy`` for the shrinking mass ``a`` and growing mass ``b``."""
+    v = xp.exp(-y)
+    x = -xp.expm1(-y)
+    w = 1.0 + a * x / b_safe
+    fw = div.f_num(xp, w)
+    f1w = div.f1_num(xp, w)
+    # b f(1 + c/b) -> c f'(inf) as b -> 0 (perspective of f); only at p == 1 exactly.
+    tail = xp.where(b_pos, b_safe * fw, a * x * slope_inf)
+    slope_w = xp.where(b_pos, f1w, slope_inf)
+    value = a * div.f_logspace_num(xp, y) + tail
+    deriv = a * (div.f_logspace1_num(xp, y) + v * slope_w)
+    return value, deriv
+
+
+def _saturation_value(xp, div, a, b, b_pos, b_safe):
+    """``G(inf) = a f(0+) + b f(1 + a/b)`` (perspective limit at ``b = 0``)."""
+    f0 = div.f_at_0
+    if math.isinf(f0):
+        return xp.full_like(a, math.inf)
+    tail = xp.where(b_pos, b_safe * div.f_num(xp, 1.0 + a / b_safe), a * div.slope_at_inf)
+    return a * f0 + tail
+
+
+def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
+    """Solve ``G(y) = delta`` for ``y`` in ``[0, inf]`` (``inf`` when saturated)."""
+    b_pos = b > 0
+    b_safe = xp.where(b_pos, b, 1.0)
+    a_pos = a > 0
+    a_safe = xp.where(a_pos, a, 1.0)
+    saturated = _saturation_value(xp, div, a_safe, b, b_pos, b_safe) <= delta
+    saturated = saturated & a_pos
+
+    slope_inf = div.slope_at_inf
+    curvature = div.curvature_at_1
+    if not (math.isfinite(curvature) and curvature > 0):
+        curvature = 1.0  # kinked f (TV): any positive start works, Newton corrects it
+    y = xp.sqrt(2.0 * delta * xp.where(b_pos, b, 1.0) / (curvature * a_safe))
+    y = xp.where(y > 0, y, 1.0)
+    lo = xp.zeros_like(a)
+    hi = xp.full_like(a, math.inf)
+    done = saturated | ~a_pos
+    for _ in range(_MAX_ITER):
+        value, deriv = _objective(xp, div, a_safe, b, b_pos, b_safe, y, slope_inf)
+        above = ~(value <= delta)  # NaN or overflow counts as "beyond the root"
+        hi = xp.where(above, xp.minimum(hi, y), hi)
+        lo = xp.where(above, lo, xp.maximum(lo, y))
+        newton = y - (value - delta) / deriv
+        inside = (newton >= lo) & (newton <= hi)  # False for NaN
+        fallback = xp.where(hi < math.inf, 0.5 * (lo + hi), 2.0 * y + 1.0)
+        y_next = xp.where(inside, newton, fallback)
+        converged = (xp.abs(y_next - y) <= _RTOL * y_next) | (hi - lo <= _RTOL * lo)
+        y = xp.where(done, y, y_next)
+        done = done | converged
+        if early_exit and bool(xp.all(done)):
+            break
+    y = xp.where(saturated, math.inf, y)
+    return y
+
+
+def _band64(xp, div, logp, delta, *, early_exit: bool):
+    """The Band for float64 log-probabilities ``logp <= 0`` (already validated)."""
+    logp = xp.minimum(logp, 0.0)
+    tiny = logp < LOG_P_MIN  # includes -inf
+    logp_safe = xp.where(tiny, -1.0, logp)
+    p = xp.exp(logp_safe)
+    pbar = -xp.expm1(logp_safe)
+
+    y_up = _solve_side(xp, div, pbar, p, delta, early_exit=early_exit)
+    x_up = -xp.expm1(-y_up)
+    upper = xp.where(xp.isinf(y_up), xp.exp(-logp_safe), 1.0 + pbar * x_up / p)
+    upper = xp.where(pbar > 0, upper, 1.0)
+    upper = xp.minimum(upper, xp.exp(-logp_safe))  # rounding never leaves the simplex
+
+    y_lo = _solve_side(xp, div, p, pbar, delta, early_exit=early_exit)
+    lower = xp.exp(-y_lo)
+
+    upper = xp.where(tiny, math.inf, upper)
+    lower = xp.where(tiny, 0.0, lower)
+    return lower, upper
+
+
+def band_bounds(
+    old_log_prob: Any,
+    divergence: str | _div.Divergence = "kl",
+    *,
+    delta: float = 0.05,
+    check_input: bool = True,
+) -> Band:
+    """The exact Band of every token: ratio bounds from an f-divergence trust region.
+
+    .. math::
+
+        \\text{upper}(p) = \\max\\{r \\in [1, 1/p] : g_f(p, r) \\le \\delta\\},\\quad
+        \\text{lower}(p) = \\min\\{r \\in [0, 1] : g_f(p, r) \\le \\delta\\}
+
+    with ``g_f(p, r) = p f(r) + (1 - p) f((1 - r p)/(1 - p))``. No heuristics: the
+    saturated ends are exactly ``1/p`` and ``0``; ``p = 1`` gives ``[r*, 1]`` and
+    ``log p = -inf`` gives ``[0, inf]``. Accuracy in float64: relative error
+    ``<= 1e-12`` for ``upper``, absolute ``<= 1e-12`` for ``lower``.
+
+    Args:
+        old_log_prob: ``log pi_old`` of each token, any shape; a float array (numpy;
+            other array-API libraries through array-api-compat) or a Python float.
+            Values must be ``<= 0`` (tiny positive rounding is clamped) or ``-inf``.
+        divergence: A registry name (``"kl"``, ``"tv"``, ``"alpha(2)"``, ...) or a
+            :class:`~bandtheory.divergences.Divergence`.
+        delta: Trust-region radius, a finite number ``> 0``.
+        check_input: Check for NaN and positive log-probabilities (needs the values on
+            the host; pass ``False`` to skip the check in a hot loop).
+
+    Returns:
+        :class:`Band` with ``lower`` and ``upper`` of the input's shape, array type and
+        floating dtype (a Python float input gives NumPy float64 scalars).
+
+    Raises:
+        TypeError: For integer, boolean or non-array input, or a non-numeric delta.
+        ValueError: For NaN or positive log-probabilities (with the count and the first
+            index), ``delta <= 0`` or non-finite, or an unknown divergence name.
+
+    References:
+        BandPO (arXiv 2603.04918), the Band operator; THEORY.md section 2.
+
+    Examples:
+        >>> import numpy as np
+        >>> band = band_bounds(np.log([0.5, 0.01]), "chi2", delta=0.05)
+        >>> band.upper.round(6).tolist()
+        [1.223607, 3.224860]
+    """
+    div = _div.get(divergence)
+    delta = _check_delta(delta)
+    x, xp, scalar = _as_array(old_log_prob)
+    if check_input:
+        validate_log_prob(x, xp)
+    dtype = x.dtype
+    x64 = xp.astype(x, xp.float64)
+    if is_numpy_array(x64):
+        with np.errstate(all="ignore"):
+            lower, upper = _band64(xp, div, x64, delta, early_exit=True)
+    else:
+        lower, upper = _band64(xp, div, x64, delta, early_exit=True)
+    lower = xp.astype(lower, dtype)
+    upper = xp.astype(upper, dtype)
+    if scalar:
+        return Band(np.float64(lower), np.float64(upper))
+    return Band(lower, upper)
+
+
+# --------------------------------------------------------------------------------------
+# Small exact helpers used by schemes, plots and tests
+# --------------------------------------------------------------------------------------
+
+
+def g(p: Any, r: Any, divergence: str | _div.Divergence = "kl") -> np.ndarray:
+    """The reduced divergence ``g_f(p, r) = p f(r) + (1 - p) f((1 - r p)/(1 - p))``.
+
+    Args:
+        p: Old probabilities in ``(0, 1)`` (NumPy-broadcastable with ``r``).
+        r: Ratios in ``[0, 1/p]``.
+        divergence: A registry name or entry.
+
+    Returns:
+        ``g_f(p, r)`` as a float64 NumPy array (``f(0)`` taken as the limit ``f(0+)``).
+    """
+    div = _div.get(divergence)
+    p = np.asarray(p, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    xp = array_namespace(p)
+    with np.errstate(all="ignore"):
+        rest = (1.0 - r * p) / (1.0 - p)
+        fr = np.where(r > 0, div.f_num(xp, np.where(r > 0, r, 1.0)), div.f_at_0)
+        frest = np.where(rest > 0, div.f_num(xp, np.where(rest > 0, rest, 1.0)), div.f_at_0)
+        return p * fr + (1.0 - p) * frest
+
+
+def r_star(divergence: str | _div.Divergence = "kl", *, delta: float = 0.05) -> float:
+    """The ``p -> 1`` limit of the lower bound: the root in ``(0, 1)`` of
+    ``f(r) + (1 - r) f'(inf) = delta`` (``0`` if it saturates, ``1`` if ``f'(inf) = inf``).
+
+    Args:
+        divergence: A registry name or entry.
+        delta: Trust-region radius ``> 0``.
+
+    Returns:
+        ``r*`` as a float.
+    """
+    return float(band_bounds(0.0, divergence, delta=delta).lower)
