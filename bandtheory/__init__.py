@@ -10,9 +10,10 @@ alone (BandPO, arXiv 2603.04918). The package layers, lowest first:
 """
 
 from . import divergences
+from . import schemes
 from .bounds import Band, band_bounds
 from .divergences import DIVERGENCES
 
-__all__ = ["Band", "DIVERGENCES", "band_bounds", "divergences", "__version__"]
+__all__ = ["Band", "DIVERGENCES", "band_bounds", "divergences", "schemes", "__version__"]
 
 __version__ = "0.1.0"

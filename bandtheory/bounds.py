@@ -190,6 +190,8 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
     y = xp.where(y > 0, y, 1.0)
     lo = xp.zeros_like(a)
     hi = xp.full_like(a, math.inf)
+    step_old = xp.full_like(a, math.inf)
+    step = xp.full_like(a, math.inf)
     done = saturated | ~a_pos
     for _ in range(_MAX_ITER):
         value, deriv = _objective(xp, div, a_safe, b, b_pos, b_safe, y, slope_inf)
@@ -197,10 +199,19 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
         hi = xp.where(above, xp.minimum(hi, y), hi)
         lo = xp.where(above, lo, xp.maximum(lo, y))
         newton = y - (value - delta) / deriv
-        inside = (newton >= lo) & (newton <= hi)  # False for NaN
-        fallback = xp.where(hi < math.inf, 0.5 * (lo + hi), 2.0 * y + 1.0)
-        y_next = xp.where(inside, newton, fallback)
+        # Newton is taken when it stays in the bracket and at least halves the step of
+        # two iterations ago (as in Numerical Recipes' rtsafe); otherwise the bracket is
+        # split: geometrically while it spans orders of magnitude (G can grow like
+        # exp(y), e.g. Neyman chi2 at tiny p), else at its midpoint, or doubled while
+        # it is still open above.
+        accept = (newton >= lo) & (newton <= hi) & (xp.abs(newton - y) <= 0.5 * step_old)
+        wide = (lo > 0) & (hi > 4.0 * lo)
+        split = xp.where(wide, xp.sqrt(lo * hi), 0.5 * (lo + hi))
+        fallback = xp.where(hi < math.inf, split, 2.0 * y + 1.0)
+        y_next = xp.where(accept, newton, fallback)
         converged = (xp.abs(y_next - y) <= _RTOL * y_next) | (hi - lo <= _RTOL * lo)
+        step_old = xp.where(done, step_old, step)
+        step = xp.where(done, step, xp.abs(y_next - y))
         y = xp.where(done, y, y_next)
         done = done | converged
         if early_exit and bool(xp.all(done)):
