@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,16 @@ def _check_delta(delta: Any) -> float:
     return value
 
 
+#: Valid values of ``mode`` in :func:`band_bounds`.
+MODES = ("exact", "fast")
+
+
+def _check_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
 def _as_array(old_log_prob: Any) -> tuple[Any, Any, bool]:
     """Return (array, namespace, was_python_scalar); refuse non-float dtypes."""
     scalar = False
@@ -119,7 +130,12 @@ def _first_index(mask_np: np.ndarray) -> tuple[int, ...]:
 def _to_numpy(xp: Any, x: Any) -> np.ndarray:
     if is_numpy_array(x):
         return x
-    return np.asarray(x.detach().cpu()) if hasattr(x, "detach") else np.asarray(x)
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 is exact
+            x = x.float()
+        return np.asarray(x)
+    return np.asarray(x)
 
 
 def validate_log_prob(x: Any, xp: Any, *, name: str = "old_log_prob") -> None:
@@ -156,9 +172,12 @@ def _objective(xp, div, a, b, b_pos, b_safe, y, slope_inf):
     w = 1.0 + a * x / b_safe
     fw = div.f_num(xp, w)
     f1w = div.f1_num(xp, w)
-    # b f(1 + c/b) -> c f'(inf) as b -> 0 (perspective of f); only at p == 1 exactly.
-    tail = xp.where(b_pos, b_safe * fw, a * x * slope_inf)
-    slope_w = xp.where(b_pos, f1w, slope_inf)
+    # b f(1 + c/b) -> c f'(inf) as b -> 0 (perspective of f): at p == 1 exactly, and
+    # where f(w) overflows (w beyond ~1e154, e.g. (w - 1)^2 / w), which only happens
+    # when b / c is so small that the limit is exact to rounding.
+    tail = b_safe * fw
+    tail = xp.where(b_pos & xp.isfinite(tail), tail, a * x * slope_inf)
+    slope_w = xp.where(b_pos & xp.isfinite(f1w), f1w, slope_inf)
     value = a * div.f_logspace_num(xp, y) + tail
     deriv = a * (div.f_logspace1_num(xp, y) + v * slope_w)
     return value, deriv
@@ -169,7 +188,8 @@ def _saturation_value(xp, div, a, b, b_pos, b_safe):
     f0 = div.f_at_0
     if math.isinf(f0):
         return xp.full_like(a, math.inf)
-    tail = xp.where(b_pos, b_safe * div.f_num(xp, 1.0 + a / b_safe), a * div.slope_at_inf)
+    tail = b_safe * div.f_num(xp, 1.0 + a / b_safe)
+    tail = xp.where(b_pos & xp.isfinite(tail), tail, a * div.slope_at_inf)
     return a * f0 + tail
 
 
@@ -220,21 +240,70 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
     return y
 
 
+def _polish_side(xp, div, a, b, delta, d0, *, numpy: bool, steps: int):
+    """Root ``y`` from a certified table guess ``D = 1 - exp(-y)`` by fixed Newton steps.
+
+    The table is within ``1e-7`` of the root, so each Newton step squares the relative
+    error: two steps reach rounding. Saturation is decided exactly as in
+    :func:`_solve_side`. For NumPy every token whose last step was not below ``1e-10 y``
+    (or whose iterate is not finite) is re-solved by the safeguarded solver, which
+    converges from any start; for other backends (no host sync) the fixed steps are the
+    whole method, backed by the table's certificate.
+    """
+    b_pos = b > 0
+    b_safe = xp.where(b_pos, b, 1.0)
+    a_pos = a > 0
+    a_safe = xp.where(a_pos, a, 1.0)
+    saturated = (_saturation_value(xp, div, a_safe, b, b_pos, b_safe) <= delta) & a_pos
+    y = -xp.log1p(-xp.minimum(d0, 1.0 - 1e-16))
+    step = xp.zeros_like(y)
+    for _ in range(steps):
+        value, deriv = _objective(xp, div, a_safe, b, b_pos, b_safe, y, div.slope_at_inf)
+        y_next = y - (value - delta) / deriv
+        y_next = xp.where(xp.isfinite(y_next) & (y_next > 0), y_next, y)
+        step = xp.abs(y_next - y)
+        y = y_next
+    if numpy:
+        bad = ~saturated & a_pos & ~((step <= 1e-10 * y) & xp.isfinite(y))
+        if bool(xp.any(bad)):
+            y[bad] = _solve_side(xp, div, a[bad], b[bad], delta, early_exit=True)
+    return xp.where(saturated, math.inf, y)
+
+
+_POLISH_MIN_SIZE = 1 << 15
+
+
 def _band64(xp, div, logp, delta, *, early_exit: bool):
-    """The Band for float64 log-probabilities ``logp <= 0`` (already validated)."""
+    """The Band for float64 log-probabilities ``logp <= 0`` (already validated).
+
+    Large inputs (a static size test, no data-dependent branching) start from the
+    certified fast table and polish with Newton steps; small ones, or divergences with
+    no certified table, run the safeguarded solver.
+    """
     logp = xp.minimum(logp, 0.0)
     tiny = logp < LOG_P_MIN  # includes -inf
     logp_safe = xp.where(tiny, -1.0, logp)
     p = xp.exp(logp_safe)
     pbar = -xp.expm1(logp_safe)
 
-    y_up = _solve_side(xp, div, pbar, p, delta, early_exit=early_exit)
+    table = None
+    if math.prod(logp.shape) >= _POLISH_MIN_SIZE:
+        from .fast import _d_pair, _table_or_none
+
+        table = _table_or_none(div, delta)
+    if table is not None:
+        numpy = is_numpy_array(logp)
+        d_lo, d_up = _d_pair(xp, table, logp_safe)
+        y_up = _polish_side(xp, div, pbar, p, delta, d_up, numpy=numpy, steps=2)
+        y_lo = _polish_side(xp, div, p, pbar, delta, d_lo, numpy=numpy, steps=2)
+    else:
+        y_up = _solve_side(xp, div, pbar, p, delta, early_exit=early_exit)
+        y_lo = _solve_side(xp, div, p, pbar, delta, early_exit=early_exit)
     x_up = -xp.expm1(-y_up)
     upper = xp.where(xp.isinf(y_up), xp.exp(-logp_safe), 1.0 + pbar * x_up / p)
     upper = xp.where(pbar > 0, upper, 1.0)
     upper = xp.minimum(upper, xp.exp(-logp_safe))  # rounding never leaves the simplex
 
-    y_lo = _solve_side(xp, div, p, pbar, delta, early_exit=early_exit)
     lower = xp.exp(-y_lo)
 
     upper = xp.where(tiny, math.inf, upper)
@@ -248,6 +317,7 @@ def band_bounds(
     *,
     delta: float = 0.05,
     check_input: bool = True,
+    mode: str = "exact",
 ) -> Band:
     """The exact Band of every token: ratio bounds from an f-divergence trust region.
 
@@ -291,16 +361,20 @@ def band_bounds(
     """
     div = _div.get(divergence)
     delta = _check_delta(delta)
+    mode = _check_mode(mode)
     x, xp, scalar = _as_array(old_log_prob)
     if check_input:
         validate_log_prob(x, xp)
     dtype = x.dtype
     x64 = xp.astype(x, xp.float64)
-    if is_numpy_array(x64):
-        with np.errstate(all="ignore"):
-            lower, upper = _band64(xp, div, x64, delta, early_exit=True)
-    else:
-        lower, upper = _band64(xp, div, x64, delta, early_exit=True)
+    numpy = is_numpy_array(x64)
+    with np.errstate(all="ignore") if numpy else _nullcontext():
+        if mode == "fast":
+            from .fast import _fast_band64
+
+            lower, upper = _fast_band64(xp, div, x64, delta)
+        else:
+            lower, upper = _band64(xp, div, x64, delta, early_exit=numpy)
     lower = xp.astype(lower, dtype)
     upper = xp.astype(upper, dtype)
     if scalar:

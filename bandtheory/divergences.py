@@ -38,6 +38,7 @@ __all__ = [
     "get",
     "names",
     "alpha",
+    "from_expression",
 ]
 
 #: The generator's variable: the likelihood ratio ``u = pi / pi_old`` (positive).
@@ -147,6 +148,11 @@ class Divergence:
         latex: LaTeX name for labels.
         references: Where the generator comes from.
         builtin: Whether the entry ships with bandtheory.
+        dcp: Optional exact cvxpy builder ``dcp(pi, pi_old) -> (terms, constraints)``:
+            elementwise DCP terms equal to ``pi_old * f(pi / pi_old)`` at the optimum
+            (an epigraph over the auxiliary cone ``constraints``), DPP with ``pi_old``
+            a parameter. ``None`` sends :mod:`bandtheory.convex` to its cutting-plane
+            path.
 
     Derived attributes (computed once, on first use): ``f1`` and ``f2`` (sympy
     derivatives), ``f_at_0`` (``f(0+)``, may be ``inf``), ``slope_at_inf``
@@ -162,6 +168,7 @@ class Divergence:
     references: str = ""
     builtin: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dcp: Callable[..., Any] | None = None
 
     def __repr__(self) -> str:
         return f"Divergence({self.name!r}, f={self.f})"
@@ -180,16 +187,22 @@ class Divergence:
     @functools.cached_property
     def f_at_0(self) -> float:
         """``f(0+) = lim_{u -> 0+} f(u)``; ``inf`` means the Band never saturates."""
+        if "f_at_0" in self.extra:  # precomputed under a time limit (typed generators)
+            return float(self.extra["f_at_0"])
         return _as_float(sp.limit(self.f, U, 0, "+"))
 
     @functools.cached_property
     def slope_at_inf(self) -> float:
         """``f'(inf) = lim_{u -> inf} f(u) / u`` (the perspective of ``f`` at 0)."""
+        if "slope_at_inf" in self.extra:  # precomputed under a time limit (typed generators)
+            return float(self.extra["slope_at_inf"])
         return _as_float(sp.limit(self.f / U, U, sp.oo))
 
     @functools.cached_property
     def curvature_at_1(self) -> float:
         """``f''(1)``, or ``nan`` when ``f`` is not twice differentiable at 1 (TV)."""
+        if "curvature_at_1" in self.extra:  # precomputed under a time limit (typed generators)
+            return float(self.extra["curvature_at_1"])
         f2 = self.f2
         if f2.has(sp.DiracDelta, sp.Heaviside, sp.sign, sp.Abs):
             left = sp.limit(f2, U, 1, "-")
@@ -261,6 +274,133 @@ class Divergence:
 
 
 # --------------------------------------------------------------------------------------
+# Exact cvxpy (DCP) builders of the perspectives, used by bandtheory.convex
+# --------------------------------------------------------------------------------------
+# Each builder takes the new masses ``pi`` (a cvxpy expression, ``pi >= 0``) and the old
+# masses ``pi_old`` (a positive cvxpy Parameter or constant) and returns
+# ``(terms, constraints)``: ``terms`` is an elementwise DCP-convex expression with
+# ``terms >= pi_old * f(pi / pi_old)`` on the feasible set of ``constraints`` (auxiliary
+# cones, vectorised) and equality attainable, so ``sum(terms) <= delta`` is exactly the
+# f-ball. ``pi_old`` enters every atom affinely, which keeps programs DPP. Working in
+# masses (not ratios) keeps every cone variable within [0, 1]-ish scales, which is what
+# the solver's relative tolerances need. cvxpy is imported inside each builder.
+
+
+def _rotated_cone(x: Any, y: Any, z: Any) -> Any:
+    """Elementwise ``x * y >= z**2`` with ``x, y >= 0`` (second-order cones, vectorised)."""
+    import cvxpy as cp
+
+    return cp.SOC(x + y, cp.vstack([x - y, 2 * z]), axis=0)
+
+
+def _dcp_kl(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``pi_old f(pi/pi_old) = pi_old log(pi_old/pi) + pi - pi_old`` (exponential cone)."""
+    import cvxpy as cp
+
+    return cp.rel_entr(pi_old, pi) + pi - pi_old, []
+
+
+def _dcp_reverse_kl(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``pi log(pi/pi_old) - pi + pi_old``."""
+    import cvxpy as cp
+
+    return cp.rel_entr(pi, pi_old) - pi + pi_old, []
+
+
+def _dcp_tv(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``|pi - pi_old| / 2``."""
+    import cvxpy as cp
+
+    return cp.abs(pi - pi_old) / 2, []
+
+
+def _dcp_chi2(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``s >= (pi - pi_old)^2 / pi_old``, i.e. ``s * pi_old >= (pi - pi_old)^2``."""
+    import cvxpy as cp
+
+    s = cp.Variable(pi.shape, nonneg=True)
+    return s, [_rotated_cone(s, pi_old, pi - pi_old)]
+
+
+def _dcp_neyman_chi2(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``s >= (pi - pi_old)^2 / pi``, i.e. ``s * pi >= (pi - pi_old)^2``."""
+    import cvxpy as cp
+
+    s = cp.Variable(pi.shape, nonneg=True)
+    return s, [_rotated_cone(s, pi, pi - pi_old)]
+
+
+def _dcp_hellinger(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``pi + pi_old - 2 h`` with ``h <= sqrt(pi * pi_old)``."""
+    import cvxpy as cp
+
+    h = cp.Variable(pi.shape, nonneg=True)
+    return pi + pi_old - 2 * h, [_rotated_cone(pi, pi_old, h)]
+
+
+def _dcp_js(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``(rel_entr(pi, m) + rel_entr(pi_old, m)) / 2`` with ``m = (pi + pi_old) / 2``."""
+    import cvxpy as cp
+
+    m = (pi + pi_old) / 2
+    return (cp.rel_entr(pi, m) + cp.rel_entr(pi_old, m)) / 2, []
+
+
+def _dcp_jeffreys(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``(pi - pi_old) log(pi/pi_old) = rel_entr(pi, pi_old) + rel_entr(pi_old, pi)``."""
+    import cvxpy as cp
+
+    return cp.rel_entr(pi, pi_old) + cp.rel_entr(pi_old, pi), []
+
+
+def _dcp_triangular(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``s >= (pi - pi_old)^2 / (pi + pi_old)``."""
+    import cvxpy as cp
+
+    s = cp.Variable(pi.shape, nonneg=True)
+    return s, [_rotated_cone(s, pi + pi_old, pi - pi_old)]
+
+
+def _dcp_alpha(pi: Any, pi_old: Any, *, a: Any) -> tuple[Any, list]:
+    """``(h - pi_old - a (pi - pi_old)) / (a (a - 1))`` with ``h`` bounding
+    ``pi^a pi_old^(1-a)`` by a rotated second-order cone: ``h pi_old >= pi^2`` (a = 2),
+    ``h^2 <= pi pi_old`` (a = 1/2, where ``a (a - 1) < 0``), ``h pi >= pi_old^2`` (a = -1)."""
+    import cvxpy as cp
+
+    h = cp.Variable(pi.shape, nonneg=True)
+    if a == 2:
+        cone = _rotated_cone(h, pi_old, pi)
+    elif a == sp.Rational(1, 2):
+        cone = _rotated_cone(pi, pi_old, h)
+    elif a == -1:
+        cone = _rotated_cone(h, pi, pi_old)
+    else:
+        raise ValueError(f"no second-order-cone form for alpha({a}); use the cutting-plane path")
+    a = float(a)
+    return (h - pi_old - a * (pi - pi_old)) / (a * (a - 1)), [cone]
+
+
+#: ``alpha(a)`` has an exact second-order-cone form for these ``a``; other ``a`` need
+#: power cones, which default solver settings handle unreliably, so they take the
+#: cutting-plane path of :mod:`bandtheory.convex` (exact up to a certified interval).
+_ALPHA_DCP = (sp.Integer(2), sp.Rational(1, 2), sp.Integer(-1))
+
+_DCP_BUILDERS: Mapping[str, Callable[[Any, Any], Any]] = types.MappingProxyType(
+    {
+        "kl": _dcp_kl,
+        "reverse_kl": _dcp_reverse_kl,
+        "tv": _dcp_tv,
+        "chi2": _dcp_chi2,
+        "neyman_chi2": _dcp_neyman_chi2,
+        "hellinger": _dcp_hellinger,
+        "js": _dcp_js,
+        "jeffreys": _dcp_jeffreys,
+        "triangular": _dcp_triangular,
+    }
+)
+
+
+# --------------------------------------------------------------------------------------
 # Built-ins
 # --------------------------------------------------------------------------------------
 
@@ -324,7 +464,9 @@ _BUILTIN_SPECS: tuple[tuple[str, sp.Expr, str, str], ...] = (
 _PAPER = "BandPO (arXiv 2603.04918); generator as in bandtheory THEORY.md section 3"
 
 _BUILTINS: dict[str, Divergence] = {
-    name: Divergence(name, f, desc, latex=tex, references=_PAPER, builtin=True)
+    name: Divergence(
+        name, f, desc, latex=tex, references=_PAPER, builtin=True, dcp=_DCP_BUILDERS.get(name)
+    )
     for name, f, desc, tex in _BUILTIN_SPECS
 }
 
@@ -366,6 +508,11 @@ def _alpha_cached(a: sp.Rational) -> Divergence:
         references="S. Amari, Alpha-divergence is unique (2009); " + _PAPER,
         builtin=True,
         extra=types.MappingProxyType({"family": "alpha", "a": a}),
+        dcp=(
+            functools.partial(_dcp_alpha, a=a)
+            if a in _ALPHA_DCP
+            else None
+        ),
     )
 
 
@@ -421,4 +568,78 @@ def get(name: str | Divergence) -> Divergence:
     raise ValueError(
         f"unknown divergence {name!r}; choose one of {', '.join(_BUILTINS)}, "
         "or alpha(a) with a number a not in {0, 1}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# User divergences typed as text
+# --------------------------------------------------------------------------------------
+
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.()/+-]{0,63}$")
+
+
+def from_expression(
+    text: str, *, name: str | None = None, normalize: bool = False, timeout: float = 3.0
+) -> Divergence:
+    """A user divergence from a typed generator, e.g. ``"(u - 1)**2 / u"``.
+
+    The text is parsed by the AST whitelist of :mod:`bandtheory.parsing` (the symbol
+    ``u``, numbers, ``+ - * / **``, unary minus, parentheses, ``log``/``exp``/``sqrt``/
+    ``abs``/``Abs``; nothing is evaluated before it passes), then checked:
+    ``f(1) = 0`` (or, with ``normalize``, replaced by the standard normalisation
+    ``f(u) - f(1) - f'(1)(u - 1)``, which changes no divergence value except the
+    constant ``f(1)``) and convexity on ``(0, inf)`` (symbolic proof of ``f'' >= 0``,
+    else a numeric check on a log-spaced grid in ``[1e-8, 1e8]``). The limits
+    ``f(0+)``, ``f'(inf)`` and ``f''(1)`` are computed here under ``timeout`` so that
+    no later use of the entry can hang in sympy.
+
+    Args:
+        text: The generator ``f(u)``, at most 500 characters.
+        name: A name for labels (letters, digits, ``_ . ( ) / + -``, at most 64
+            characters); default ``"f(u)=<the parsed expression>"``.
+        normalize: Apply the normalisation instead of refusing ``f(1) != 0``.
+        timeout: Seconds allowed for each symbolic step, ``> 0``.
+
+    Returns:
+        A :class:`Divergence` with ``builtin=False``; ``extra`` records the source
+        text, the normalisation applied (``"none"`` when nothing) and how convexity
+        was established. It works with ``band_bounds``, ``symbolic.derive`` and the
+        schemes like any built-in.
+
+    Raises:
+        TypeError: If ``text`` is not a string.
+        ValueError: For text outside the whitelist (naming the offending piece), more
+            than 500 characters, ``f(1) != 0`` (with the value found), or a generator
+            that is not convex (naming a ``u`` where ``f'' < 0``).
+    """
+    from . import parsing
+
+    if name is not None and (not isinstance(name, str) or not _USER_NAME.match(name)):
+        raise ValueError(
+            f"name {name!r} is not valid; use 1-64 letters, digits or _ . ( ) / + - "
+            "starting with a letter"
+        )
+    parsed = parsing.parse_generator(text)
+    checked = parsing.check_generator(parsed, normalize=normalize, timeout=timeout)
+    f = checked.f
+    label = name if name is not None else f"f(u)={f}"
+    description = f"user divergence with f(u) = {f}"
+    if checked.normalization != "none":
+        description += f" (normalised: {checked.normalization})"
+    extra = {
+        "source": text,
+        "normalization": checked.normalization,
+        "convexity": checked.convexity,
+        "f_at_0": checked.f_at_0,
+        "slope_at_inf": checked.slope_at_inf,
+        "curvature_at_1": checked.curvature_at_1,
+    }
+    return Divergence(
+        label,
+        f,
+        description,
+        latex=rf"D_{{\mathrm{{{name}}}}}" if name is not None and name.isidentifier() else "D_f",
+        references="typed by the user",
+        builtin=False,
+        extra=types.MappingProxyType(extra),
     )

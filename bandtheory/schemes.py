@@ -33,7 +33,15 @@ import numpy as np
 from array_api_compat import is_numpy_array
 
 from . import divergences as _div
-from .bounds import Band, _as_array, _check_delta, band_bounds, r_star, validate_log_prob
+from .bounds import (
+    Band,
+    _as_array,
+    _check_delta,
+    _check_mode,
+    band_bounds,
+    r_star,
+    validate_log_prob,
+)
 
 __all__ = [
     "Scheme",
@@ -43,6 +51,7 @@ __all__ = [
     "Relaxed",
     "Capped",
     "ReferenceCompat",
+    "DualClip",
     "clip",
     "clip_higher",
     "dcpo",
@@ -50,6 +59,7 @@ __all__ = [
     "relax",
     "cap",
     "reference_compat",
+    "dual_clip",
 ]
 
 
@@ -164,15 +174,18 @@ class BandScheme:
     divergence: _div.Divergence
     delta: float
     name: str = "band"
+    #: ``"exact"`` (float64 root, <= 1e-12) or ``"fast"`` (certified table, <= 1e-7).
+    mode: str = "exact"
 
     @property
     def label(self) -> str:
         return f"Band {self.divergence.name} δ={self.delta:g}"
 
     def bounds(self, old_log_prob: Any, *, check_input: bool = True) -> Band:
-        """The exact Band (see :func:`bandtheory.band_bounds`)."""
+        """The Band (see :func:`bandtheory.band_bounds`), in this scheme's ``mode``."""
         return band_bounds(
-            old_log_prob, self.divergence, delta=self.delta, check_input=check_input
+            old_log_prob, self.divergence, delta=self.delta, check_input=check_input,
+            mode=self.mode,
         )
 
 
@@ -196,9 +209,15 @@ def dcpo(*, eps_low: float = 0.2, eps_high: float = 0.28) -> DCPO:
     return DCPO(_check_eps("eps_low", eps_low), _check_eps("eps_high", eps_high))
 
 
-def band(divergence: str | _div.Divergence = "kl", *, delta: float = 0.05) -> BandScheme:
-    """The exact Band for a divergence (name or entry) and radius ``delta > 0``."""
-    return BandScheme(_div.get(divergence), _check_delta(delta))
+def band(
+    divergence: str | _div.Divergence = "kl", *, delta: float = 0.05, mode: str = "exact"
+) -> BandScheme:
+    """The Band for a divergence (name or entry) and radius ``delta > 0``.
+
+    ``mode="exact"`` solves for the float64 roots (<= 1e-12); ``mode="fast"`` evaluates
+    a cached table certified to <= 1e-7 relative (see :mod:`bandtheory.fast`).
+    """
+    return BandScheme(_div.get(divergence), _check_delta(delta), mode=_check_mode(mode))
 
 
 # --------------------------------------------------------------------------------------
@@ -323,3 +342,38 @@ def reference_compat(
     if not (0.0 < p_min < p_max < 1.0):
         raise ValueError(f"need 0 < p_min < p_max < 1, got p_min={p_min!r}, p_max={p_max!r}")
     return ReferenceCompat(scheme, float(p_min), float(p_max))
+
+
+@dataclass(frozen=True)
+class DualClip:
+    """Heuristic: dual-clip PPO, the loss of negative-advantage tokens bounded at ``c A``.
+
+    The interval is the base scheme's; the extra constant ``dual_clip_c`` is read by
+    :func:`bandtheory.losses.policy_loss`, which applies
+    ``max(min(r A, clip(r) A), c A)`` where ``A < 0``.
+    """
+
+    base: Any
+    dual_clip_c: float
+
+    @property
+    def name(self) -> str:
+        return f"dual_clip({self.base.name})"
+
+    @property
+    def label(self) -> str:
+        return f"{self.base.label}, dual-clip c={self.dual_clip_c:g}"
+
+    def bounds(self, old_log_prob: Any, *, check_input: bool = True) -> Band:
+        """The base scheme's bounds (dual clipping acts on the loss, not the interval)."""
+        return self.base.bounds(old_log_prob, check_input=check_input)
+
+
+def dual_clip(scheme: Any, *, c: float = 3.0) -> DualClip:
+    """Heuristic: add dual clipping (``c > 1``, for negative advantages) to any scheme."""
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)):
+        raise TypeError(f"c must be a real number, got {type(c).__name__}")
+    value = float(c)
+    if not (value > 1.0) or not math.isfinite(value):
+        raise ValueError(f"dual-clip c must be a finite number > 1, got {c!r}")
+    return DualClip(scheme, value)

@@ -1,0 +1,240 @@
+"""Shared app helpers: cached library calls, scheme building, charts with downloads.
+
+No maths here: every number comes from :mod:`bandtheory` (the registry, the schemes and
+the data builders of :mod:`bandtheory.plotting.interactive`); this module only caches
+those calls and renders their results.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import shutil
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from bandtheory import divergences, schemes
+from bandtheory.plotting import data as pdata
+from bandtheory.plotting import interactive as ip
+
+#: session_state key of the user divergences typed on the Lab page:
+#: ``{name: (expression, normalize)}``.
+USER_KEY = "user_divergences"
+
+#: Chromium used by kaleido for PNG/SVG export (Debian's package).
+CHROMIUM = "/usr/bin/chromium"
+
+#: Default radius and epsilons (the paper's headline settings, THEORY.md section 4).
+DEFAULTS = {"delta": 0.05, "eps": 0.2, "eps_low": 0.2, "eps_high": 0.28}
+
+
+# --------------------------------------------------------------------------------------
+# Optional library modules (written by other parts of the project)
+# --------------------------------------------------------------------------------------
+
+
+def optional_module(name: str, what: str) -> ModuleType | None:
+    """Import ``name`` or show an ``st.info`` saying which feature needs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        st.info(f"{what} needs `{name}`, which is not available in this installation ({exc}).")
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# Divergences: built-ins, alpha(a) and the session's user divergences
+# --------------------------------------------------------------------------------------
+
+
+def user_divergences() -> dict[str, tuple[str, bool]]:
+    """The session's user divergences, ``{name: (expression, normalize)}`` (Lab page)."""
+    return dict(st.session_state.get(USER_KEY, {}))
+
+
+def user_items() -> tuple[tuple[str, str, bool], ...]:
+    """The session's user divergences as a hashable, sorted tuple (for cache keys)."""
+    return tuple(sorted((name, text, bool(norm)) for name, (text, norm) in user_divergences().items()))
+
+
+def add_user_divergence(name: str, expression: str, *, normalize: bool = False) -> None:
+    """Remember a checked user divergence for this session (offered on the Bands page)."""
+    current = user_divergences()
+    current[name] = (expression, bool(normalize))
+    st.session_state[USER_KEY] = current
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def parse_user(expression: str, name: str | None = None, normalize: bool = False) -> divergences.Divergence:
+    """:func:`bandtheory.divergences.from_expression`, cached per (text, name, normalize).
+
+    Raises:
+        ValueError: The parser's or checker's refusal (nothing in the text is executed).
+    """
+    from_expression = getattr(divergences, "from_expression", None)
+    if from_expression is None:
+        raise ValueError("user divergences need bandtheory.divergences.from_expression (not installed)")
+    return from_expression(expression, name=name, normalize=normalize)
+
+
+def resolve(name: str, user: Sequence[tuple[str, str, bool]] = ()) -> divergences.Divergence:
+    """A divergence by name: a built-in, ``alpha(a)``, or one of ``user`` (see :func:`user_items`)."""
+    for user_name, expression, normalize in user:
+        if user_name == name:
+            return parse_user(expression, user_name, normalize)
+    return divergences.get(name)
+
+
+def divergence_options() -> list[str]:
+    """Names offered by the app: every built-in, then the session's user divergences."""
+    builtins = list(divergences.names())
+    return builtins + [n for n in user_divergences() if n not in builtins]
+
+
+# --------------------------------------------------------------------------------------
+# Schemes from plain (hashable) specifications
+# --------------------------------------------------------------------------------------
+
+
+def build_scheme(spec: tuple, user: Sequence[tuple[str, str, bool]] = ()) -> Any:
+    """A :mod:`bandtheory.schemes` object from a hashable spec.
+
+    Specs: ``("band", name, delta, relax, cap)`` with ``relax`` ``None`` or
+    ``(eps_low, eps_high)`` and ``cap`` ``None`` or ``upper_max``; ``("clip", eps)``;
+    ``("clip_higher", eps_low, eps_high)``; ``("dcpo", eps_low, eps_high)``.
+    """
+    kind = spec[0]
+    if kind == "band":
+        _, name, delta, relax, cap = spec
+        scheme = schemes.band(resolve(name, user), delta=delta)
+        if relax is not None:
+            scheme = schemes.relax(scheme, eps_low=relax[0], eps_high=relax[1])
+        if cap is not None:
+            scheme = schemes.cap(scheme, upper_max=cap)
+        return scheme
+    if kind == "clip":
+        return schemes.clip(eps=spec[1])
+    if kind == "clip_higher":
+        return schemes.clip_higher(eps_low=spec[1], eps_high=spec[2])
+    if kind == "dcpo":
+        return schemes.dcpo(eps_low=spec[1], eps_high=spec[2])
+    raise ValueError(f"unknown scheme kind {kind!r}; choose one of band, clip, clip_higher, dcpo")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def curves(specs: tuple, user: tuple, log_x: bool, n: int) -> pd.DataFrame:
+    """Cached bound frame over the app's p grid: log-spaced from 1e-8, or linear.
+
+    Both grids stop short of ``p = 1`` (a single point) and the linear one short of
+    ``p = 0`` (where ``1/p`` is infinite).
+    """
+    built = [build_scheme(spec, user) for spec in specs]
+    grid = (pdata.p_grid(n=n, p_min=1e-8, p_max=1.0 - 1e-6, log=True) if log_x
+            else pdata.p_grid(n=n, p_min=1e-3, p_max=1.0 - 1e-3))
+    return ip.curves_frame(built, grid)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def table(specs: tuple, user: tuple, view: str) -> pd.DataFrame:
+    """Cached :func:`bandtheory.plotting.interactive.bounds_table` at :data:`TABLE_P`."""
+    built = [build_scheme(spec, user) for spec in specs]
+    return ip.bounds_table(built, ip.TABLE_P, view=view)
+
+
+# --------------------------------------------------------------------------------------
+# Charts with PNG / SVG / HTML / CSV downloads
+# --------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def kaleido_status() -> tuple[bool, str]:
+    """Whether kaleido can render static images here, and why not when it cannot.
+
+    Cheap check (no browser start): kaleido importable and a Chromium found.
+    """
+    try:
+        import kaleido  # noqa: F401
+    except ImportError as exc:
+        return False, f"kaleido is not installed ({exc})"
+    if os.environ.get("BROWSER_PATH"):
+        path = os.environ["BROWSER_PATH"]
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return False, f"BROWSER_PATH={path} is not an executable"
+        return True, path
+    if os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
+        return True, CHROMIUM
+    found = shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")
+    if found:
+        return True, found
+    return False, f"no Chromium found for kaleido (install Debian's chromium at {CHROMIUM})"
+
+
+def _image_bytes(fig: Any, fmt: str) -> Callable[[], bytes]:
+    ok, browser = kaleido_status()
+
+    def render() -> bytes:
+        if ok and browser and "BROWSER_PATH" not in os.environ:
+            # kaleido finds its Chromium through this variable.
+            os.environ["BROWSER_PATH"] = browser
+        try:
+            return fig.to_image(format=fmt, width=1100, height=int(fig.layout.height or 520),
+                                scale=2 if fmt == "png" else 1)
+        except Exception as exc:  # kaleido/Chromium failures vary; report them in one line
+            raise RuntimeError(f"kaleido could not render {fmt.upper()} with {browser}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    return render
+
+
+def _html_bytes(fig: Any) -> bytes:
+    buffer = io.StringIO()
+    fig.write_html(buffer, include_plotlyjs=True, full_html=True)  # works offline
+    return buffer.getvalue().encode()
+
+
+def chart(fig: Any, data: pd.DataFrame | None, *, stem: str, key: str) -> None:
+    """Render a plotly figure with PNG, SVG (or HTML) and CSV download buttons.
+
+    Images are rendered only when a button is clicked (deferred), so widget changes
+    stay fast. When kaleido cannot run, the image buttons are disabled with the reason
+    and an HTML download is offered instead.
+    """
+    st.plotly_chart(fig, key=f"{key}_chart", config={"displaylogo": False})
+    ok, reason = kaleido_status()
+    cols = st.columns(4)
+    if ok:
+        cols[0].download_button("PNG", _image_bytes(fig, "png"), file_name=f"{stem}.png",
+                                mime="image/png", key=f"{key}_png", on_click="ignore")
+        cols[1].download_button("SVG", _image_bytes(fig, "svg"), file_name=f"{stem}.svg",
+                                mime="image/svg+xml", key=f"{key}_svg", on_click="ignore")
+    else:
+        cols[0].button("PNG/SVG unavailable", disabled=True, key=f"{key}_noimg",
+                       help=f"kaleido cannot render here: {reason}. Download HTML instead.")
+        cols[1].download_button("HTML", lambda: _html_bytes(fig), file_name=f"{stem}.html",
+                                mime="text/html", key=f"{key}_html", on_click="ignore",
+                                help=f"PNG/SVG unavailable: {reason}")
+    if data is not None:
+        cols[2].download_button("CSV (data)", lambda: data.to_csv(index=False).encode(),
+                                file_name=f"{stem}.csv", mime="text/csv", key=f"{key}_csv",
+                                on_click="ignore")
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>$~:")
+
+
+def plain(text: str) -> str:
+    """Escape Markdown (and LaTeX ``$``) so a message is shown exactly as written."""
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
+
+
+def format_number(value: float) -> str:
+    """Displayed form of a bound: 8 significant digits (inf as ``∞``)."""
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.8g}"

@@ -1,0 +1,210 @@
+"""bandtheory app: entry point and the Bands page.
+
+Run with ``streamlit run app/streamlit_app.py`` (``make app`` serves it on 127.0.0.1).
+This file holds the Bands page and the navigation to the other pages in ``app/pages/``.
+The page reads widgets, calls :mod:`bandtheory` (through the cached helpers of
+``_common``) and renders; the URL's query parameters hold its state for sharing.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+_APP_DIR = Path(__file__).resolve().parent
+if str(_APP_DIR) not in sys.path:
+    sys.path.insert(0, str(_APP_DIR))
+
+import _common as common  # noqa: E402
+from bandtheory import divergences  # noqa: E402
+from bandtheory.plotting import interactive as ip  # noqa: E402
+
+#: The log-scale radius slider: 1, 1.5, 2, 3, 5, 7 per decade from 1e-3 to 1.
+DELTAS: tuple[float, ...] = tuple(
+    float(f"{m * 10.0**e:.6g}") for e in (-3, -2, -1) for m in (1, 1.5, 2, 3, 5, 7)
+) + (1.0,)
+
+VIEW_LABELS = {"ratio": "ratio bounds", "variation": "probability variation p·(r−1)",
+               "new_prob": "new-probability bounds p·r"}
+
+#: Divergences shown on a fresh session: every built-in of the registry.
+_DEFAULT_DIVS = tuple(divergences.names())
+
+
+def _nearest_delta(value: float) -> float:
+    return min(DELTAS, key=lambda d: abs(math.log(d) - math.log(value)))
+
+
+def _parse_float(text: str, low: float, high: float) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and low <= value <= high else None
+
+
+def _parse_bool(text: str) -> bool | None:
+    return {"1": True, "true": True, "0": False, "false": False}.get(str(text).lower())
+
+
+# (widget key, query name, default, parse(text) -> value or None, dump(value) -> text)
+_STATE = (
+    ("bands_divs", "div", list(_DEFAULT_DIVS),
+     lambda t: [s for s in (x.strip() for x in t.split(",")) if s] or None, lambda v: ",".join(v)),
+    ("bands_delta", "delta", common.DEFAULTS["delta"],
+     lambda t: (lambda v: None if v is None else _nearest_delta(v))(_parse_float(t, 1e-9, 1e9)), lambda v: f"{v:g}"),
+    ("bands_clip", "clip", True, _parse_bool, lambda v: str(int(v))),
+    ("bands_eps", "eps", common.DEFAULTS["eps"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
+    ("bands_ch", "ch", True, _parse_bool, lambda v: str(int(v))),
+    ("bands_eps_low", "eps_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
+    ("bands_eps_high", "eps_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 3.0), lambda v: f"{v:g}"),
+    ("bands_dcpo", "dcpo", False, _parse_bool, lambda v: str(int(v))),
+    ("bands_dcpo_low", "dcpo_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
+    ("bands_dcpo_high", "dcpo_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
+    ("bands_relax", "relax", False, _parse_bool, lambda v: str(int(v))),
+    ("bands_cap", "cap", False, _parse_bool, lambda v: str(int(v))),
+    ("bands_cap_max", "cap_max", 100.0, lambda t: _parse_float(t, 1.0, 1e6), lambda v: f"{v:g}"),
+    ("bands_view", "view", "ratio", lambda t: t if t in ip.VIEWS else None, str),
+    ("bands_x", "x", "linear", lambda t: t if t in ("linear", "log") else None, str),
+    ("bands_n", "n", 500, lambda t: (lambda v: None if v is None else int(v))(_parse_float(t, 50, 2000)), str),
+)
+
+
+def _init_state() -> None:
+    """Widget values: kept in the session; on a fresh session, read from the URL."""
+    saved = st.session_state.setdefault("_bands_saved", {})
+    if not saved:
+        params = st.query_params
+        for key, query, default, parse, _ in _STATE:
+            value = parse(params[query]) if query in params else None
+            saved[key] = default if value is None else value
+    for key, *_ in _STATE:
+        if key not in st.session_state:
+            st.session_state[key] = saved[key]
+
+
+def _save_state() -> None:
+    saved = st.session_state["_bands_saved"]
+    query = {}
+    for key, name, _, _, dump in _STATE:
+        saved[key] = st.session_state[key]
+        query[name] = dump(st.session_state[key])
+    if dict(st.query_params) != query:
+        st.query_params.from_dict(query)
+
+
+def _sidebar() -> None:
+    sb = st.sidebar
+    sb.header("Band")
+    selected = st.session_state["bands_divs"]
+    options = common.divergence_options()
+    options += [name for name in selected if name not in options]
+    sb.multiselect(
+        "divergences", options, key="bands_divs", accept_new_options=True,
+        help="Every built-in of the registry and the divergences added on the Lab page. "
+             "Type alpha(a), e.g. alpha(1/2), for an Amari alpha-divergence.",
+    )
+    sb.select_slider("radius δ (log scale)", options=DELTAS, key="bands_delta",
+                     format_func=lambda d: f"{d:g}")
+    sb.checkbox("relax: at least Clip-Higher (heuristic)", key="bands_relax",
+                help="Official BandPO option: lower = min(lower, 1−ε_low), upper = max(upper, 1+ε_high).")
+    cap_cols = sb.columns([1, 1])
+    cap_cols[0].checkbox("cap upper (heuristic)", key="bands_cap")
+    cap_cols[1].number_input("upper_max", min_value=1.0, max_value=1e6, step=1.0, key="bands_cap_max",
+                             disabled=not st.session_state["bands_cap"])
+    sb.header("Fixed clipping")
+    sb.checkbox("canonical clip [1−ε, 1+ε]", key="bands_clip")
+    sb.slider("ε", 0.0, 1.0, step=0.01, key="bands_eps", disabled=not st.session_state["bands_clip"])
+    sb.checkbox("Clip-Higher [1−ε_low, 1+ε_high]", key="bands_ch")
+    sb.slider("ε_low", 0.0, 1.0, step=0.01, key="bands_eps_low")
+    sb.slider("ε_high", 0.0, 3.0, step=0.01, key="bands_eps_high")
+    sb.checkbox("DCPO", key="bands_dcpo")
+    dcpo_on = st.session_state["bands_dcpo"]
+    sb.slider("DCPO ε_low", 0.0, 2.0, step=0.01, key="bands_dcpo_low", disabled=not dcpo_on)
+    sb.slider("DCPO ε_high", 0.0, 2.0, step=0.01, key="bands_dcpo_high", disabled=not dcpo_on)
+    sb.header("Plot")
+    sb.slider("points", 50, 2000, step=50, key="bands_n")
+
+
+def _specs() -> tuple[tuple, tuple, list[str]]:
+    """Scheme specs from the widgets, the user divergences used, and warnings."""
+    ss = st.session_state
+    user = common.user_items()
+    relax = (ss["bands_eps_low"], ss["bands_eps_high"]) if ss["bands_relax"] else None
+    cap = float(ss["bands_cap_max"]) if ss["bands_cap"] else None
+    specs, warnings = [], []
+    for name in ss["bands_divs"]:
+        try:
+            common.resolve(name, user)
+        except (ValueError, TypeError) as exc:
+            warnings.append(f"{name}: {exc}")
+            continue
+        specs.append(("band", name, float(ss["bands_delta"]), relax, cap))
+    if ss["bands_clip"]:
+        specs.append(("clip", float(ss["bands_eps"])))
+    if ss["bands_ch"]:
+        specs.append(("clip_higher", float(ss["bands_eps_low"]), float(ss["bands_eps_high"])))
+    if ss["bands_dcpo"]:
+        specs.append(("dcpo", float(ss["bands_dcpo_low"]), float(ss["bands_dcpo_high"])))
+    return tuple(specs), user, warnings
+
+
+def bands_page() -> None:
+    """The Bands page: ratio bounds of every chosen scheme against the old probability."""
+    _init_state()
+    st.title("Bands: trust-region ratio bounds")
+    st.caption(
+        "The Band of a token with old probability p is the interval of ratios r = π_new/π_old "
+        "that an f-divergence ball of radius δ allows; unlike fixed clipping it lets rare "
+        "tokens gain real probability. Solid lines: upper bounds; dashed: lower bounds; "
+        "dotted grey: the simplex limits r = 0 and r = 1/p."
+    )
+    _sidebar()
+    ss = st.session_state
+    cols = st.columns([2, 1, 1])
+    cols[0].radio("view", list(ip.VIEWS), key="bands_view", horizontal=True,
+                  format_func=VIEW_LABELS.__getitem__)
+    cols[1].radio("p axis", ["linear", "log"], key="bands_x", horizontal=True)
+    log_y = cols[2].checkbox("log value axis", key="bands_logy",
+                             disabled=ss["bands_view"] == "variation")
+    specs, user, warnings = _specs()
+    for message in warnings:
+        st.warning(f"Skipped divergence {common.plain(message)}")
+    _save_state()
+    if not specs:
+        st.info("Choose at least one divergence or fixed-clipping scheme in the sidebar.")
+        return
+
+    log_x = ss["bands_x"] == "log"
+    view = ss["bands_view"]
+    data = common.curves(specs, user, log_x, int(ss["bands_n"]))
+    fig = ip.bands_figure(data, view=view, log_x=log_x, log_y=log_y)
+    common.chart(fig, data, stem=f"bands_{view}", key="bands")
+
+    st.subheader("Bounds at selected p")
+    table = common.table(specs, user, view)
+    shown = table.map(common.format_number)
+    shown.index = [f"{scheme} · {side}" for scheme, side in table.index]
+    st.table(shown)
+    st.caption(
+        f"{VIEW_LABELS[view].capitalize()} from bandtheory.schemes at the p shown. "
+        "The page's state is in the URL: copy it to share this view."
+    )
+
+
+def main() -> None:
+    st.set_page_config(page_title="bandtheory", page_icon=":material/show_chart:", layout="wide")
+    pages = [
+        st.Page(bands_page, title="Bands", icon=":material/show_chart:", default=True),
+        st.Page(str(_APP_DIR / "pages" / "1_Surrogate.py"), title="Surrogate", url_path="surrogate", icon=":material/functions:"),
+        st.Page(str(_APP_DIR / "pages" / "2_Region.py"), title="Region", url_path="region", icon=":material/grid_on:"),
+        st.Page(str(_APP_DIR / "pages" / "3_Divergence_lab.py"), title="Divergence lab", url_path="lab", icon=":material/science:"),
+        st.Page(str(_APP_DIR / "pages" / "4_Simulation.py"), title="Simulation", url_path="simulation", icon=":material/casino:"),
+    ]
+    st.navigation(pages).run()
+
+
+main()

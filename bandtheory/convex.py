@@ -1,0 +1,1141 @@
+"""The Band as a convex program over the whole simplex, the joint projection, and the validator.
+
+The Band of token ``a`` is the optimum of a convex program over the full old
+distribution (THEORY.md section 2):
+
+.. math::
+
+    \\text{upper} = \\max_{\\pi \\in \\Delta_K} \\frac{\\pi_a}{\\pi^{old}_a},\\quad
+    \\text{lower} = \\min_{\\pi \\in \\Delta_K} \\frac{\\pi_a}{\\pi^{old}_a}
+    \\quad\\text{s.t.}\\quad D_f(\\pi \\,\\|\\, \\pi^{old})
+        = \\sum_x \\pi^{old}_x f\\!\\left(\\frac{\\pi_x}{\\pi^{old}_x}\\right) \\le \\delta .
+
+This module solves it without the one-dimensional reduction, so that the reduction,
+the closed forms and the numeric root finder (:func:`bandtheory.band_bounds`) can all
+be checked against it.
+
+Formulation (why it is DPP, and why masses). The variable is the new distribution
+``pi`` itself; the divergence is the sum of the perspectives
+``pi_old_x f(pi_x / pi_old_x)``, written with atoms and cones in which the parameter
+``pi_old`` enters affinely (``rel_entr(pi_old, pi)``, rotated second-order cones,
+power cones). The objective ``pi_a / pi_old_a`` is ``c @ pi`` with a parameter ``c``.
+With ``pi_old``, ``delta`` and ``c`` as ``cvxpy.Parameter``s the program is DPP, so
+:class:`BandProblem` compiles once and re-solves sweeps over ``delta``, ``pi_old`` and
+the token index without recompiling. Masses (not ratios ``pi / pi_old``, which reach
+``1/p``) keep every cone variable of order one, which the solver's relative
+tolerances need. The exact form of each built-in is kept with its registry entry
+(:attr:`bandtheory.divergences.Divergence.dcp`).
+
+Accuracy. With default solver tolerances a probability mass is resolved to about
+``1e-8`` absolute, so a ratio ``pi_a / p`` carries an absolute error of about
+``1e-8 / p`` on top of the ``1e-6`` relative agreement; it matters only for lower bounds
+of rare tokens that are themselves tiny (see :data:`MASS_ATOL`).
+
+Divergences without a DCP form (user divergences, ``alpha(a)`` with a large
+denominator) go through a cutting-plane scheme (Kelley's method in its
+supporting-hyperplane form): ``t_x >= f(w_x)`` is relaxed to tangent lines, the linear
+program is solved with HiGHS (an outer bound), the relaxed solution is pulled back
+along the segment to ``pi_old`` until the exact ``f`` says it is feasible (an inner
+bound, attained by a real distribution), and tangents at that boundary point are
+added. The result is a certified interval around the optimum.
+
+References:
+    BandPO (arXiv 2603.04918), the Band operator as a convex program (section 3);
+    J. E. Kelley, "The cutting-plane method for solving convex programs" (1960);
+    A. F. Veinott, "The supporting hyperplane method for unimodal programming" (1967);
+    A. Agrawal et al., "Differentiable convex optimization layers" (NeurIPS 2019) for
+    disciplined parametrized programming (DPP).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import divergences as _div
+from .bounds import _check_delta, band_bounds
+
+__all__ = [
+    "DEFAULT_CONE_SOLVER",
+    "DEFAULT_LP_SOLVER",
+    "ConvexSolveError",
+    "InaccurateSolutionWarning",
+    "ConvexBand",
+    "BandProblem",
+    "convex_band",
+    "f_divergence",
+    "Projection",
+    "project",
+    "ValidationReport",
+    "validate",
+    "validation_figure",
+]
+
+#: Solver for the conic programs (exponential, power and second-order cones).
+DEFAULT_CONE_SOLVER = "CLARABEL"
+#: Solver for the linear programs of the cutting-plane path.
+DEFAULT_LP_SOLVER = "HIGHS"
+
+_METHODS = ("auto", "dcp", "cutting_plane")
+# Tangent points shared by every coordinate at the start of the cutting-plane path;
+# u = 1 alone already bounds t below (f(1) = 0), the others speed up the first rounds.
+_INITIAL_CUTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Tangent points are kept in [_CUT_MIN, inf): a tangent anywhere is a valid cut, and
+# tangents of f with f(0) = inf (KL) at tinier points only add huge LP coefficients.
+_CUT_MIN = 1e-9
+_MAX_SLOPE = 1e9
+
+
+class ConvexSolveError(RuntimeError):
+    """A convex solve ended without a solution (infeasible, unbounded or solver error).
+
+    Attributes:
+        status: The cvxpy status string (``"infeasible"``, ``"unbounded"``, ...) or
+            ``"solver_error"`` when the solver itself failed.
+        solver: The solver's name.
+    """
+
+    def __init__(self, status: str, solver: str, context: str) -> None:
+        self.status = status
+        self.solver = solver
+        super().__init__(f"{context}: solver {solver} returned status {status!r}")
+
+
+class InaccurateSolutionWarning(UserWarning):
+    """The solver reported ``optimal_inaccurate``; the values are returned anyway."""
+
+
+# --------------------------------------------------------------------------------------
+# Input checks (public boundary only) and exact evaluation
+# --------------------------------------------------------------------------------------
+
+
+def _check_distribution(pi: Any, *, name: str, positive: bool) -> np.ndarray:
+    """A 1-D float64 probability vector (renormalised to sum exactly 1)."""
+    if isinstance(pi, (str, bytes)) or pi is None:
+        raise TypeError(f"{name} must be a 1-D array of probabilities, got {type(pi).__name__}")
+    try:
+        arr = np.asarray(pi, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a 1-D array of probabilities: {exc}") from exc
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(f"{name} must be a 1-D array with at least 2 entries, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite entries (first at index "
+                         f"{int(np.flatnonzero(~np.isfinite(arr))[0])}); probabilities must be finite")
+    bad = arr <= 0 if positive else arr < 0
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        need = "> 0 (the divergence divides by it)" if positive else ">= 0"
+        raise ValueError(f"{name} must have every entry {need}; entry {i} is {arr[i]!r}")
+    total = float(arr.sum())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"{name} must sum to 1 (within 1e-6), got {total!r}")
+    return arr / total
+
+
+def _check_index(index: Any, k: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    if isinstance(index, bool):
+        raise TypeError("index must be an integer or a sequence of integers, not bool")
+    arr = np.asarray(index)
+    if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"index must be an integer or a non-empty sequence of integers, got {index!r}")
+    flat = arr.reshape(-1).astype(np.int64)
+    bad = (flat < 0) | (flat >= k)
+    if bad.any():
+        raise ValueError(f"index {int(flat[bad][0])} is out of range; valid indices are 0..{k - 1}")
+    return flat, arr.shape
+
+
+def _check_method(method: str) -> str:
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(_METHODS)}")
+    return method
+
+
+def _f_values(div: _div.Divergence, u: np.ndarray) -> np.ndarray:
+    """``f(u)`` elementwise with ``f(0)`` taken as the limit ``f(0+)``."""
+    u = np.asarray(u, dtype=np.float64)
+    pos = u > 0
+    with np.errstate(all="ignore"):
+        values = np.asarray(div(np.where(pos, u, 1.0)), dtype=np.float64)
+    return np.where(pos, np.broadcast_to(values, u.shape), div.f_at_0)
+
+
+def _f1_values(div: _div.Divergence, u: np.ndarray) -> np.ndarray:
+    """``f'(u)`` elementwise for ``u > 0`` (a subgradient where ``f`` has a kink)."""
+    from array_api_compat import array_namespace
+
+    u = np.asarray(u, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        values = div.f1_num(array_namespace(u), u)
+    return np.broadcast_to(np.asarray(values, dtype=np.float64), u.shape)
+
+
+def f_divergence(pi: Any, pi_old: Any, divergence: str | _div.Divergence = "kl") -> float:
+    """The exact f-divergence ``D_f(pi || pi_old) = sum_x pi_old(x) f(pi(x) / pi_old(x))``.
+
+    Args:
+        pi: The new distribution, shape ``(K,)``, entries ``>= 0`` (``f(0)`` is the
+            limit ``f(0+)``).
+        pi_old: The old distribution, shape ``(K,)``, entries ``> 0``.
+        divergence: A registry name or entry.
+
+    Returns:
+        The divergence as a float (``inf`` when ``pi`` puts zero mass where ``f(0+)``
+        is infinite).
+    """
+    div = _div.get(divergence)
+    pi = np.asarray(pi, dtype=np.float64)
+    pi_old = np.asarray(pi_old, dtype=np.float64)
+    return _divergence_of_ratio(div, pi_old, np.maximum(pi, 0.0) / pi_old)
+
+
+def _divergence_of_ratio(div: _div.Divergence, pi_old: np.ndarray, w: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        return float(pi_old @ _f_values(div, w))
+
+
+# --------------------------------------------------------------------------------------
+# Solving with status handling
+# --------------------------------------------------------------------------------------
+
+
+def _solve(problem: Any, solver: str, options: Mapping[str, Any], context: str) -> str:
+    """Solve a cvxpy problem; return on optimal, warn on inaccurate, raise otherwise."""
+    import cvxpy as cp
+
+    try:
+        problem.solve(solver=solver, **dict(options))
+    except cp.error.SolverError as exc:
+        raise ConvexSolveError("solver_error", solver, f"{context} ({exc})") from exc
+    status = problem.status
+    if status == cp.OPTIMAL:
+        return status
+    if status == cp.OPTIMAL_INACCURATE:
+        warnings.warn(
+            f"{context}: solver {solver} returned status 'optimal_inaccurate'; values may be "
+            "less accurate than the solver's tolerances",
+            InaccurateSolutionWarning,
+            stacklevel=3,
+        )
+        return status
+    raise ConvexSolveError(str(status), solver, context)
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvexBand:
+    """The Band of some tokens of one old distribution, solved as a convex program.
+
+    Arrays have the shape of the ``index`` argument (0-d for an integer index).
+
+    Attributes:
+        index: Token indices.
+        p: Their old probabilities ``pi_old[index]``.
+        lower, upper: The optimal ratios (for the cutting-plane path: the inner,
+            attained end of the certified interval).
+        lower_bracket, upper_bracket: ``(..., 2)`` certified intervals ``[a, b]`` that
+            contain the true optimum (cutting-plane path only; ``None`` for DCP).
+        status_lower, status_upper: Solver status of every solve (flattened order).
+        divergence_lower, divergence_upper: ``D_f(pi || pi_old)`` evaluated exactly at
+            the optimising distribution (``<= delta`` up to solver tolerance).
+        iterations: ``(..., 2)`` cutting-plane rounds for (lower, upper); ``None`` for DCP.
+        converged: Whether every cutting-plane bracket reached ``rtol`` (always
+            ``True`` for DCP).
+        divergence: The divergence name.
+        delta: The trust-region radius.
+        method: ``"dcp"`` or ``"cutting_plane"``.
+        solver: The solver used.
+    """
+
+    index: np.ndarray
+    p: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    status_lower: tuple[str, ...]
+    status_upper: tuple[str, ...]
+    divergence_lower: np.ndarray
+    divergence_upper: np.ndarray
+    divergence: str
+    delta: float
+    method: str
+    solver: str
+    lower_bracket: np.ndarray | None = None
+    upper_bracket: np.ndarray | None = None
+    iterations: np.ndarray | None = None
+    converged: bool = True
+
+
+# --------------------------------------------------------------------------------------
+# The DPP program (exact DCP forms)
+# --------------------------------------------------------------------------------------
+
+
+class BandProblem:
+    """The Band program for ``K`` tokens and one divergence, compiled once (DPP).
+
+    .. math::
+
+        \\min_{\\pi \\ge 0}\\ c^\\top \\pi \\quad\\text{s.t.}\\quad
+        \\textstyle\\sum_x \\pi_x = 1,\\quad
+        \\sum_x \\pi^{old}_x f(\\pi_x / \\pi^{old}_x) \\le \\delta
+
+    ``c = e_a / p_a`` gives the lower bound of token ``a`` and ``c = -e_a / p_a`` the
+    upper bound. ``pi_old``, ``delta`` and ``c`` are parameters, so
+    every :meth:`solve` after the first reuses the compiled program.
+
+    Args:
+        k: Number of tokens ``K >= 2``.
+        divergence: A registry name or entry with an exact DCP form (every built-in,
+            ``alpha(a)`` for ``|a| <= 10`` with denominator ``<= 64``).
+        solver: A cvxpy solver name (default :data:`DEFAULT_CONE_SOLVER`).
+        solver_options: Keyword options passed to the solver (tolerances, ...).
+        constraints: Optional ``callable(pi) -> list of cvxpy constraints`` on the
+            new distribution ``pi`` (a cvxpy expression of shape ``(K,)``); they must
+            keep the program DPP.
+
+    Raises:
+        ValueError: For ``K < 2``, a divergence without a DCP form, or extra
+            constraints that break DCP/DPP.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        divergence: str | _div.Divergence = "kl",
+        *,
+        solver: str | None = None,
+        solver_options: Mapping[str, Any] | None = None,
+        constraints: Callable[[Any], Sequence[Any]] | None = None,
+    ) -> None:
+        import cvxpy as cp
+
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"k must be an integer >= 2, got {k!r}")
+        div = _div.get(divergence)
+        if div.dcp is None:
+            raise ValueError(
+                f"divergence {div.name!r} has no exact DCP form; use "
+                "convex_band(..., method='cutting_plane')"
+            )
+        self.k = int(k)
+        self.divergence = div
+        self.solver = DEFAULT_CONE_SOLVER if solver is None else str(solver)
+        self.solver_options = dict(solver_options or {})
+        self._pi = cp.Variable(self.k, nonneg=True, name="pi")
+        self._pi_old = cp.Parameter(self.k, pos=True, name="pi_old")
+        self._delta = cp.Parameter(nonneg=True, name="delta")
+        self._c = cp.Parameter(self.k, name="c")
+        terms, cones = div.dcp(self._pi, self._pi_old)
+        cons = [cp.sum(self._pi) == 1, cp.sum(terms) <= self._delta, *cones]
+        if constraints is not None:
+            cons += list(constraints(self._pi))
+        self.problem = cp.Problem(cp.Minimize(self._c @ self._pi), cons)
+        if not self.problem.is_dcp():
+            raise ValueError("the Band program is not DCP; check the extra constraints")
+        if not self.problem.is_dpp():
+            raise ValueError("the Band program is not DPP; extra constraints must be DPP")
+
+    def solve(self, pi_old: Any, index: Any, *, delta: float) -> ConvexBand:
+        """Solve the Band of the tokens ``index`` of ``pi_old`` at radius ``delta``.
+
+        Args:
+            pi_old: Old distribution, shape ``(K,)``, entries ``> 0``, sum 1.
+            index: A token index or an array of indices in ``[0, K)``.
+            delta: Trust-region radius ``> 0``.
+
+        Returns:
+            :class:`ConvexBand` (``method="dcp"``).
+
+        Raises:
+            ConvexSolveError: If a solve is infeasible, unbounded or fails.
+        """
+        pi_old = _check_distribution(pi_old, name="pi_old", positive=True)
+        if pi_old.size != self.k:
+            raise ValueError(f"pi_old has {pi_old.size} entries; this problem was built for K={self.k}")
+        delta = _check_delta(delta)
+        flat, shape = _check_index(index, self.k)
+        self._pi_old.value = pi_old
+        self._delta.value = delta
+        n = flat.size
+        lower = np.empty(n)
+        upper = np.empty(n)
+        d_lower = np.empty(n)
+        d_upper = np.empty(n)
+        s_lower: list[str] = []
+        s_upper: list[str] = []
+        c = np.zeros(self.k)
+        for j, i in enumerate(flat):
+            for sign, values, divs, statuses in ((1.0, lower, d_lower, s_lower),
+                                                 (-1.0, upper, d_upper, s_upper)):
+                c[i] = sign
+                self._c.value = c
+                side = "lower" if sign > 0 else "upper"
+                status = _solve(
+                    self.problem, self.solver, self.solver_options,
+                    f"convex Band ({self.divergence.name}, {side} bound of token {i}, "
+                    f"delta={delta:g}, K={self.k})",
+                )
+                pi = np.maximum(np.asarray(self._pi.value, dtype=np.float64), 0.0)
+                values[j] = pi[i] / pi_old[i]
+                divs[j] = _divergence_of_ratio(self.divergence, pi_old, pi / pi_old)
+                statuses.append(status)
+            c[i] = 0.0
+        return ConvexBand(
+            index=flat.reshape(shape),
+            p=pi_old[flat].reshape(shape),
+            lower=lower.reshape(shape),
+            upper=upper.reshape(shape),
+            status_lower=tuple(s_lower),
+            status_upper=tuple(s_upper),
+            divergence_lower=d_lower.reshape(shape),
+            divergence_upper=d_upper.reshape(shape),
+            divergence=self.divergence.name,
+            delta=delta,
+            method="dcp",
+            solver=self.solver,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The cutting-plane path (any convex f)
+# --------------------------------------------------------------------------------------
+
+
+class _TangentModel:
+    """Tangent cuts ``s_x >= pi_old_x (f(u) + f'(u) (pi_x / pi_old_x - u))`` per token.
+
+    ``s_x`` is the token's share of the divergence (the perspective of ``f``); the cuts
+    are kept across solves, since every tangent of a convex ``f`` stays valid.
+    """
+
+    def __init__(self, div: _div.Divergence, pi_old: np.ndarray) -> None:
+        self.div = div
+        self.pi_old = pi_old
+        self.k = pi_old.size
+        self._rows: list[np.ndarray] = []
+        self._slopes: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        every = np.arange(self.k)
+        for u in _INITIAL_CUTS:
+            self.add(every, np.full(self.k, u))
+        if not self._rows:
+            raise ValueError(
+                f"divergence {div.name!r}: f or f' is not finite at any of "
+                f"u = {', '.join(map(str, _INITIAL_CUTS))}; cannot build tangent cuts"
+            )
+
+    def add(self, coords: np.ndarray, u: np.ndarray) -> int:
+        """Add the tangents at ratios ``u`` to tokens ``coords``; returns how many were valid."""
+        u = np.maximum(u, _CUT_MIN)
+        fu = _f_values(self.div, u)
+        f1u = _f1_values(self.div, u)
+        # Skipping a cut never invalidates the relaxation; slopes beyond 1e9 would only
+        # wreck the LP's conditioning (HiGHS refuses coefficient ranges that wide).
+        ok = np.isfinite(fu) & np.isfinite(f1u) & (np.abs(f1u) <= _MAX_SLOPE)
+        if not ok.any():
+            return 0
+        rows = coords[ok]
+        self._rows.append(rows)
+        self._slopes.append(f1u[ok])
+        # f'(u) pi_x - s_x <= -pi_old_x (f(u) - u f'(u))
+        self._offsets.append(-self.pi_old[rows] * (fu[ok] - u[ok] * f1u[ok]))
+        return int(ok.sum())
+
+    def matrices(self) -> tuple[Any, np.ndarray]:
+        """Sparse ``A`` over ``[pi; s]`` and ``b`` with ``A @ [pi; s] <= b``."""
+        import scipy.sparse as sps
+
+        rows = np.concatenate(self._rows)
+        slopes = np.concatenate(self._slopes)
+        offsets = np.concatenate(self._offsets)
+        m = rows.size
+        line = np.arange(m)
+        a = sps.csr_matrix(
+            (np.concatenate([slopes, -np.ones(m)]),
+             (np.concatenate([line, line]), np.concatenate([rows, rows + self.k]))),
+            shape=(m, 2 * self.k),
+        )
+        return a, offsets
+
+
+def _pull_back(div: _div.Divergence, pi_old: np.ndarray, w_relaxed: np.ndarray,
+               delta: float) -> np.ndarray:
+    """The feasible point furthest along the segment from ``w = 1`` (pi_old) to ``w_relaxed``.
+
+    ``w(l) = (1 - l) + l w_relaxed``, renormalised onto the simplex; ``D(w(0)) = 0`` and
+    ``D(w(l))`` is convex in ``l``, so bisection keeping the feasible end certifies the
+    returned point: its exact divergence is ``<= delta``.
+    """
+    w_relaxed = np.maximum(w_relaxed, 0.0)
+
+    def point(lam: float) -> np.ndarray:
+        w = (1.0 - lam) + lam * w_relaxed
+        return w / (pi_old @ w)
+
+    if _divergence_of_ratio(div, pi_old, point(1.0)) <= delta:
+        return point(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        if _divergence_of_ratio(div, pi_old, point(mid)) <= delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-17:
+            break
+    return point(lo)
+
+
+def _highs_lp(c: np.ndarray, a: Any, b: np.ndarray, delta: float, k: int,
+              context: str) -> tuple[float, np.ndarray, str]:
+    """The relaxed linear program solved by HiGHS directly (scipy's interface).
+
+    cvxpy would recompile the growing program every round; this is the same solver
+    without that overhead.
+    """
+    import scipy.sparse as sps
+    from scipy.optimize import linprog
+
+    a_ub = sps.vstack([a, sps.csr_matrix((np.ones(k), (np.zeros(k, dtype=int), np.arange(k) + k)),
+                                         shape=(1, 2 * k))]).tocsr()
+    b_ub = np.concatenate([b, [delta]])
+    a_eq = sps.csr_matrix((np.ones(k), (np.zeros(k, dtype=int), np.arange(k))), shape=(1, 2 * k))
+    bounds = [(0.0, None)] * k + [(None, None)] * k
+    res = linprog(np.concatenate([c, np.zeros(k)]), A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0],
+                  bounds=bounds, method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if res.status != 0:
+        status = {1: "iteration_limit", 2: "infeasible", 3: "unbounded"}.get(res.status, "solver_error")
+        raise ConvexSolveError(status, "HIGHS", f"{context} ({res.message})")
+    return float(res.fun), np.asarray(res.x, dtype=np.float64), "optimal"
+
+
+class _CuttingPlane:
+    """Kelley / supporting-hyperplane scheme for ``min c @ w`` over the f-ball (any convex f)."""
+
+    def __init__(self, div: _div.Divergence, pi_old: np.ndarray, delta: float, *,
+                 solver: str, solver_options: Mapping[str, Any], rtol: float, max_iter: int) -> None:
+        self.div = div
+        self.pi_old = pi_old
+        self.delta = delta
+        self.k = pi_old.size
+        self.solver = solver
+        self.solver_options = solver_options
+        self.rtol = rtol
+        self.max_iter = max_iter
+        self.model = _TangentModel(div, pi_old)
+
+    def minimise(self, c: np.ndarray, context: str) -> tuple[float, float, np.ndarray, int, bool, str]:
+        """Minimise ``c @ pi``; return (outer bound, inner value, inner ratio point w,
+        rounds, converged, last status)."""
+        import cvxpy as cp
+
+        k = self.k
+        x = cp.Variable(2 * k)
+        pi, s = x[:k], x[k:]
+        base = [pi >= 0, cp.sum(pi) == 1, cp.sum(s) <= self.delta]
+        best_inner, best_w = math.inf, np.ones(k)
+        outer = -math.inf
+        status = ""
+        for rounds in range(1, self.max_iter + 1):
+            a, b = self.model.matrices()
+            if self.solver == "HIGHS" and not self.solver_options:
+                value, xv, status = _highs_lp(c, a, b, self.delta, k, context)
+            else:
+                problem = cp.Problem(cp.Minimize(c @ pi), base + [a @ x <= b])
+                status = _solve(problem, self.solver, self.solver_options, context)
+                value, xv = float(problem.value), np.asarray(x.value, dtype=np.float64)
+            w_r, s_r = np.maximum(xv[:k], 0.0) / self.pi_old, xv[k:]
+            # The relaxation only tightens, but keep the best bound seen in case the LP
+            # tolerance makes one round's value dip.
+            outer = max(outer, value)
+            w_b = _pull_back(self.div, self.pi_old, w_r, self.delta)
+            inner = float(c @ (self.pi_old * w_b))
+            if inner < best_inner:
+                best_inner, best_w = inner, w_b
+            if best_inner - outer <= self.rtol * max(1.0, abs(best_inner)):
+                return outer, best_inner, best_w, rounds, True, status
+            with np.errstate(all="ignore"):
+                share = self.pi_old * _f_values(self.div, w_r)
+            violated = ~(share <= s_r + 1e-12 * (1.0 + np.abs(s_r)))
+            if not violated.any():
+                violated = np.ones(k, dtype=bool)
+            coords = np.flatnonzero(violated)
+            # Tangents at the boundary point (supporting hyperplanes) and at the relaxed
+            # point (Kelley); the latter converge fast once the model is close.
+            self.model.add(coords, w_b[coords])
+            self.model.add(coords, w_r[coords])
+        return outer, best_inner, best_w, self.max_iter, False, status
+
+
+def _cutting_plane_band(div, pi_old, flat, shape, delta, *, solver, solver_options,
+                        rtol, max_iter) -> ConvexBand:
+    engine = _CuttingPlane(div, pi_old, delta, solver=solver, solver_options=solver_options,
+                           rtol=rtol, max_iter=max_iter)
+    n = flat.size
+    out = {key: np.empty(n) for key in ("lower", "upper", "d_lower", "d_upper")}
+    brackets = {"lower": np.empty((n, 2)), "upper": np.empty((n, 2))}
+    iterations = np.empty((n, 2), dtype=np.int64)
+    statuses: dict[str, list[str]] = {"lower": [], "upper": []}
+    converged = True
+    c = np.zeros(pi_old.size)
+    for j, i in enumerate(flat):
+        for col, (side, sign) in enumerate((("lower", 1.0), ("upper", -1.0))):
+            c[i] = sign / pi_old[i]
+            context = (f"cutting-plane Band ({div.name}, {side} bound of token {i}, "
+                       f"delta={delta:g}, K={pi_old.size})")
+            outer, inner, w, rounds, ok, status = engine.minimise(c, context)
+            value = sign * inner
+            out[side][j] = value
+            out["d_" + side][j] = _divergence_of_ratio(div, pi_old, w)
+            brackets[side][j] = sorted((sign * outer, value))
+            iterations[j, col] = rounds
+            statuses[side].append(status)
+            converged = converged and ok
+        c[i] = 0.0
+    return ConvexBand(
+        index=flat.reshape(shape),
+        p=pi_old[flat].reshape(shape),
+        lower=out["lower"].reshape(shape),
+        upper=out["upper"].reshape(shape),
+        status_lower=tuple(statuses["lower"]),
+        status_upper=tuple(statuses["upper"]),
+        divergence_lower=out["d_lower"].reshape(shape),
+        divergence_upper=out["d_upper"].reshape(shape),
+        divergence=div.name,
+        delta=delta,
+        method="cutting_plane",
+        solver=solver,
+        lower_bracket=brackets["lower"].reshape(shape + (2,)),
+        upper_bracket=brackets["upper"].reshape(shape + (2,)),
+        iterations=iterations.reshape(shape + (2,)),
+        converged=converged,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+
+
+def convex_band(
+    pi_old: Any,
+    index: Any,
+    divergence: str | _div.Divergence = "kl",
+    delta: float = 0.05,
+    *,
+    method: str = "auto",
+    solver: str | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+    constraints: Callable[[Any], Sequence[Any]] | None = None,
+    rtol: float = 1e-7,
+    max_iter: int = 100,
+) -> ConvexBand:
+    """The Band of tokens of a full old distribution, as a convex program over the simplex.
+
+    .. math::
+
+        \\text{upper/lower} = \\max/\\min\\ \\frac{\\pi_a}{\\pi^{old}_a}
+        \\quad\\text{s.t.}\\quad \\sum_x \\pi^{old}_x f\\!\\left(\\frac{\\pi_x}{\\pi^{old}_x}\\right)
+        \\le \\delta,\\ \\pi \\ge 0,\\ \\textstyle\\sum_x \\pi_x = 1
+
+    No one-dimensional reduction is used: by the reduction theorem (THEORY.md
+    section 2) the result must equal ``band_bounds(log pi_old[a])`` whatever the rest
+    of ``pi_old`` looks like, which is what the validator checks.
+
+    Args:
+        pi_old: Old distribution, shape ``(K,)``, entries ``> 0``, summing to 1
+            (within 1e-6; it is renormalised). ``K`` up to about 10,000.
+        index: A token index or an array of indices; several indices are solved with
+            one compiled program (DCP) or one shared cut pool (cutting plane).
+        divergence: A registry name or entry (built-in or user divergence).
+        delta: Trust-region radius ``> 0``.
+        method: ``"dcp"`` (exact conic form of the registry entry), ``"cutting_plane"``
+            (tangent-line outer approximation, certified interval, any convex ``f``)
+            or ``"auto"`` (DCP when the entry has a form, cutting plane otherwise).
+        solver: cvxpy solver name; default :data:`DEFAULT_CONE_SOLVER` for DCP and
+            :data:`DEFAULT_LP_SOLVER` for the cutting-plane linear programs.
+        solver_options: Keyword options for the solver.
+        constraints: Extra constraints ``callable(pi) -> list`` (DCP path only).
+        rtol: Cutting plane: stop when the certified interval is narrower than
+            ``rtol * max(1, |value|)``.
+        max_iter: Cutting plane: at most this many linear programs per bound; a bound
+            that does not reach ``rtol`` is reported with ``converged=False``.
+
+    Returns:
+        :class:`ConvexBand` with the ratio interval, the statuses and the divergence
+        reached at each optimum.
+
+    Raises:
+        ValueError: For a malformed ``pi_old``, index, ``delta`` or method, or a
+            method that the divergence does not support.
+        ConvexSolveError: If a solve is infeasible, unbounded or the solver fails
+            (the message names the status and the solver).
+
+    References:
+        BandPO (arXiv 2603.04918), the Band operator; THEORY.md section 2.
+    """
+    div = _div.get(divergence)
+    method = _check_method(method)
+    pi_old = _check_distribution(pi_old, name="pi_old", positive=True)
+    delta = _check_delta(delta)
+    flat, shape = _check_index(index, pi_old.size)
+    if method == "auto":
+        method = "dcp" if div.dcp is not None else "cutting_plane"
+    if method == "dcp":
+        problem = BandProblem(pi_old.size, div, solver=solver, solver_options=solver_options,
+                              constraints=constraints)
+        return problem.solve(pi_old, flat.reshape(shape), delta=delta)
+    if constraints is not None:
+        raise ValueError("constraints are supported by method='dcp' only (the cutting-plane "
+                         "certificate pulls points back towards pi_old, which they may exclude)")
+    if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    return _cutting_plane_band(
+        div, pi_old, flat, shape, delta,
+        solver=DEFAULT_LP_SOLVER if solver is None else str(solver),
+        solver_options=dict(solver_options or {}), rtol=float(rtol), max_iter=int(max_iter),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The joint projection
+# --------------------------------------------------------------------------------------
+
+_METRICS = ("kl", "euclidean")
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The point of the f-ball around ``pi_old`` closest to a proposed distribution.
+
+    Attributes:
+        pi: The projected distribution, shape ``(K,)``.
+        distance: ``KL(pi || pi_target)`` (metric ``"kl"``) or ``||pi - pi_target||_2``
+            (metric ``"euclidean"``); 0 when the target is already inside the ball.
+        divergence_value: ``D_f(pi || pi_old)`` evaluated exactly (``<= delta`` up to
+            solver tolerance).
+        target_divergence: ``D_f(pi_target || pi_old)``: how far the proposal is.
+        inside: Whether the target already lies in the ball (then ``pi = pi_target``
+            and no solver runs).
+        status: Solver status (``"inside"`` when no solve was needed).
+        solver: The solver used (``"none"`` when inside).
+        metric: ``"kl"`` or ``"euclidean"``.
+    """
+
+    pi: np.ndarray
+    distance: float
+    divergence_value: float
+    target_divergence: float
+    inside: bool
+    status: str
+    solver: str
+    metric: str
+
+
+def project(
+    pi_target: Any,
+    pi_old: Any,
+    divergence: str | _div.Divergence = "kl",
+    delta: float = 0.05,
+    *,
+    metric: str = "kl",
+    solver: str | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+) -> Projection:
+    """Project a proposed distribution onto the f-divergence trust region around ``pi_old``.
+
+    .. math::
+
+        \\pi^\\star = \\arg\\min_{\\pi \\in \\Delta_K} d(\\pi, \\pi^{target})
+        \\quad\\text{s.t.}\\quad D_f(\\pi \\,\\|\\, \\pi^{old}) \\le \\delta,
+
+    with ``d = KL(pi || pi_target)`` or ``d = ||pi - pi_target||_2``. Per-token clipping
+    lets every token sit on its own Band edge at once, which no single distribution in
+    the ball does; this answers how far such a whole update is from the trust region.
+
+    Args:
+        pi_target: Proposed distribution, shape ``(K,)``, entries ``>= 0``, sum 1.
+        pi_old: Old distribution, shape ``(K,)``, entries ``> 0``, sum 1.
+        divergence: A registry name or entry with an exact DCP form.
+        delta: Trust-region radius ``> 0``.
+        metric: ``"kl"`` (``KL(pi || pi_target)``) or ``"euclidean"``.
+        solver: cvxpy solver name (default :data:`DEFAULT_CONE_SOLVER`).
+        solver_options: Keyword options for the solver.
+
+    Returns:
+        :class:`Projection`.
+
+    Raises:
+        ValueError: For malformed inputs, an unknown metric, mismatched shapes or a
+            divergence without a DCP form.
+        ConvexSolveError: If the solve is infeasible, unbounded or fails.
+    """
+    import cvxpy as cp
+
+    div = _div.get(divergence)
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(_METRICS)}")
+    pi_target = _check_distribution(pi_target, name="pi_target", positive=False)
+    pi_old = _check_distribution(pi_old, name="pi_old", positive=True)
+    if pi_target.size != pi_old.size:
+        raise ValueError(f"pi_target has {pi_target.size} entries but pi_old has {pi_old.size}")
+    delta = _check_delta(delta)
+    if div.dcp is None:
+        raise ValueError(f"divergence {div.name!r} has no exact DCP form; project() needs one")
+    target_div = f_divergence(pi_target, pi_old, div)
+    if target_div <= delta:
+        return Projection(pi_target, 0.0, target_div, target_div, True, "inside", "none", metric)
+    solver = DEFAULT_CONE_SOLVER if solver is None else str(solver)
+    k = pi_old.size
+    pi = cp.Variable(k, nonneg=True)
+    if metric == "kl":
+        objective = cp.sum(cp.rel_entr(pi, pi_target))
+    else:
+        objective = cp.sum_squares(pi - pi_target)
+    terms, cones = div.dcp(pi, pi_old)
+    problem = cp.Problem(cp.Minimize(objective), [cp.sum(pi) == 1, cp.sum(terms) <= delta, *cones])
+    status = _solve(problem, solver, dict(solver_options or {}),
+                    f"projection ({div.name}, delta={delta:g}, metric={metric}, K={k})")
+    pi_value = np.maximum(np.asarray(pi.value, dtype=np.float64), 0.0)
+    pi_value = pi_value / pi_value.sum()
+    if metric == "kl":
+        with np.errstate(all="ignore"):
+            ratio = np.where(pi_value > 0, pi_value / np.where(pi_target > 0, pi_target, 1.0), 1.0)
+            terms = np.where(pi_value > 0, pi_value * np.log(ratio), 0.0)
+            terms = np.where((pi_value > 0) & (pi_target <= 0), np.inf, terms)
+        distance = float(terms.sum())
+    else:
+        distance = float(np.linalg.norm(pi_value - pi_target))
+    return Projection(pi_value, distance, f_divergence(pi_value, pi_old, div), target_div,
+                      False, status, solver, metric)
+
+
+# --------------------------------------------------------------------------------------
+# The validator
+# --------------------------------------------------------------------------------------
+
+#: Relative tolerance of convex-vs-numeric agreement (relative to ``max(1, |value|)``).
+CONVEX_RTOL = 1e-6
+#: Absolute accuracy of a probability mass from a conic solve with default tolerances;
+#: a ratio ``pi_a / p`` inherits ``MASS_ATOL / p`` (only tiny lower bounds of rare tokens
+#: feel it).
+MASS_ATOL = 1e-7
+#: Tolerance of closed-form-vs-numeric agreement (both exact in float64).
+CLOSED_FORM_RTOL = 1e-9
+
+_DEFAULT_DELTAS = (0.01, 0.05, 0.2, 1.0)
+_DEFAULT_PS = (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999)
+_DEFAULT_KS = (10, 100)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What :func:`validate` found.
+
+    Attributes:
+        divergence: The divergence name.
+        checks: ``(name, passed, detail)`` for the generator checks (``f(1) = 0``,
+            convexity, closed form).
+        comparisons: A pandas DataFrame, one row per comparison: ``source`` (``grid`` or
+            ``dirichlet``), ``k``, ``seed``, ``index``, ``p``, ``delta``, ``side``,
+            ``pair``, ``value_a``, ``value_b``, ``abs_diff``, ``rel_diff``
+            (``abs_diff / max(1, |value_b|)``), ``tol``, ``ok``.
+        summary: A DataFrame per route pair: max abs/rel disagreement, worst p and
+            delta, tolerance, verdict.
+        passed: Every check and every comparison within tolerance.
+        method: The convex method used (``dcp`` or ``cutting_plane``).
+    """
+
+    divergence: str
+    checks: tuple[tuple[str, bool, str], ...]
+    comparisons: Any
+    summary: Any
+    passed: bool
+    method: str
+
+    def format(self) -> str:
+        """A plain-text report: checks, the per-pair table and the verdict."""
+        lines = [f"validation of divergence {self.divergence!r} (convex method: {self.method})", ""]
+        for name, ok, detail in self.checks:
+            lines.append(f"  [{'ok' if ok else '!!'}] {name}: {detail}")
+        lines.append("")
+        if len(self.summary):
+            header = (f"{'route pair':<28} {'n':>5} {'max abs':>10} {'max rel':>10} "
+                      f"{'worst p':>10} {'worst delta':>11} {'tolerance':<26} verdict")
+            lines += [header, "-" * len(header)]
+            for row in self.summary.itertuples(index=False):
+                lines.append(
+                    f"{row.pair:<28} {row.n:>5d} {row.max_abs:>10.2e} {row.max_rel:>10.2e} "
+                    f"{row.worst_p:>10.4g} {row.worst_delta:>11.4g} {row.tolerance:<26} "
+                    f"{'PASS' if row.ok else 'FAIL'}"
+                )
+        lines += ["", f"verdict: {'PASS' if self.passed else 'FAIL'}"]
+        return "\n".join(lines)
+
+
+def _resolve(divergence: Any) -> _div.Divergence:
+    """Registry lookup, then the safe expression parser when it is available."""
+    if isinstance(divergence, _div.Divergence):
+        return divergence
+    if not isinstance(divergence, str):
+        raise TypeError(f"divergence must be a name, an expression or a Divergence, "
+                        f"got {type(divergence).__name__}")
+    try:
+        return _div.get(divergence)
+    except ValueError as lookup_error:
+        parser = getattr(_div, "from_expression", None)
+        if parser is None:
+            raise ValueError(f"{lookup_error} (typed expressions need the symbolic parser, "
+                             "which is not available)") from None
+        return parser(divergence)
+
+
+def _generator_checks(div: _div.Divergence) -> list[tuple[str, bool, str]]:
+    import sympy as sp
+
+    checks = []
+    f1 = sp.simplify(div.f.subs(_div.U, 1))
+    checks.append(("f(1) = 0", f1 == 0, f"f(1) = {f1}"))
+    # Chord slopes on a log grid must not decrease (works for kinks such as TV's).
+    u = np.logspace(-8, 8, 2001)
+    fu = _f_values(div, u)
+    finite = np.isfinite(fu)
+    uf, ff = u[finite], fu[finite]
+    slopes = np.diff(ff) / np.diff(uf)
+    drops = np.diff(slopes)
+    # Rounding of f (a few ulps of |f|) divided by the step bounds each slope's error.
+    err = 8 * np.finfo(float).eps * (np.abs(ff[:-1]) + np.abs(ff[1:]) + 1.0) / np.diff(uf)
+    scale = err[:-1] + err[1:] + 1e-9 * (np.abs(slopes[:-1]) + np.abs(slopes[1:]))
+    bad = np.flatnonzero(drops < -scale)
+    if bad.size:
+        checks.append(("convexity", False, f"chord slopes decrease near u = {uf[bad[0] + 1]:.4g}"))
+    else:
+        checks.append(("convexity", True, f"chord slopes non-decreasing on {uf.size} points in [1e-8, 1e8]"))
+    return checks
+
+
+def _closed_form(div: _div.Divergence) -> tuple[Any, str]:
+    """``(callable(p, delta) -> (lower, upper) or None, detail)`` from the symbolic engine."""
+    try:
+        from . import symbolic
+    except ImportError:
+        return None, "symbolic engine unavailable"
+    try:
+        result = symbolic.derive(div)
+    except Exception as exc:  # the engine is a separate layer; report, do not crash
+        return None, f"symbolic derivation failed: {type(exc).__name__}: {exc}"
+    lower, upper = getattr(result, "lower", None), getattr(result, "upper", None)
+    if lower is None or upper is None:
+        return None, "no closed form (the engine found none for at least one side)"
+
+    def evaluate(expr: Any, p: float, delta: float) -> float:
+        subs = {s: (p if s.name == "p" else delta) for s in expr.free_symbols
+                if s.name in ("p", "delta")}
+        value = complex(expr.subs(subs).evalf(30))
+        return value.real if abs(value.imag) <= 1e-12 * max(1.0, abs(value.real)) else math.nan
+
+    def both(p: float, delta: float) -> tuple[float, float]:
+        # Clamping to the simplex side [0, 1/p] is part of a closed form's answer.
+        lo = min(max(evaluate(lower, p, delta), 0.0), 1.0)
+        up = min(max(evaluate(upper, p, delta), 1.0), 1.0 / p)
+        return lo, up
+
+    return both, "closed form found by the symbolic engine"
+
+
+def validate(
+    divergence: Any,
+    *,
+    deltas: Sequence[float] = _DEFAULT_DELTAS,
+    ps: Sequence[float] = _DEFAULT_PS,
+    k: Sequence[int] = _DEFAULT_KS,
+    seeds: Sequence[int] = (0, 1, 2),
+    grid_k: int = 50,
+    method: str = "auto",
+    solver: str | None = None,
+) -> ValidationReport:
+    """Check a divergence: generator, closed form, numeric root and convex program agree.
+
+    1. Parse or look up the divergence (the registry, then the safe expression parser
+       :func:`bandtheory.divergences.from_expression` when it is available).
+    2. Check ``f(1) = 0`` symbolically and convexity numerically (non-decreasing chord
+       slopes on a log grid from 1e-8 to 1e8).
+    3. Ask the symbolic engine (:func:`bandtheory.symbolic.derive`) for a closed form.
+    4. Compare, on the grid ``ps x deltas`` (the token of probability ``p`` inside a
+       ``grid_k``-token distribution whose rest is Dirichlet) and on random Dirichlet
+       ``pi_old`` (each size in ``k``, each seed; the largest, the median and the
+       smallest token with ``p >= min(ps)``): the closed form, :func:`bandtheory.band_bounds` and :func:`convex_band`.
+       The Dirichlet rows test the reduction theorem: the full-simplex optimum equals
+       the one-dimensional root whatever the rest of ``pi_old`` is.
+
+    Tolerances: convex vs numeric ``|a - b| <= CONVEX_RTOL max(1, |b|) + MASS_ATOL / p``;
+    closed form vs numeric ``CLOSED_FORM_RTOL max(1, |b|)``.
+
+    Args:
+        divergence: A registry name, a typed expression in ``u``, or an entry.
+        deltas: Trust-region radii ``> 0``.
+        ps: Token probabilities in ``(0, 1)`` for the grid.
+        k: Distribution sizes (each ``>= 2``) for the random part.
+        seeds: Seeds of the Dirichlet draws.
+        grid_k: Size of the grid distributions.
+        method: Convex method (``auto``, ``dcp``, ``cutting_plane``).
+        solver: Solver name for the convex route.
+
+    Returns:
+        :class:`ValidationReport`.
+
+    Raises:
+        ValueError: For a malformed or non-convex expression (before any solver runs),
+            or malformed grids.
+    """
+    import pandas as pd
+
+    div = _resolve(divergence)
+    method = _check_method(method)
+    deltas = [_check_delta(d) for d in deltas]
+    ps = [float(p) for p in ps]
+    if not ps or any(not (0.0 < p < 1.0) for p in ps):
+        raise ValueError(f"ps must be a non-empty list of probabilities in (0, 1), got {ps}")
+    ks = [int(x) for x in k]
+    if any(x < 2 for x in ks) or int(grid_k) < 2:
+        raise ValueError(f"distribution sizes must be >= 2, got k={ks}, grid_k={grid_k}")
+    checks = _generator_checks(div)
+    if not all(ok for _, ok, _ in checks):
+        empty = pd.DataFrame()
+        return ValidationReport(div.name, tuple(checks), empty, empty, False, method)
+    closed, detail = _closed_form(div)
+    checks.append(("closed form", True, detail))
+    if method == "auto":
+        method = "dcp" if div.dcp is not None else "cutting_plane"
+
+    def solver_for(size: int) -> Callable[[np.ndarray, np.ndarray, float], ConvexBand]:
+        if method == "dcp":
+            problem = BandProblem(size, div, solver=solver)
+            return lambda pi_old, idx, delta: problem.solve(pi_old, idx, delta=delta)
+        return lambda pi_old, idx, delta: convex_band(pi_old, idx, div, delta,
+                                                      method=method, solver=solver)
+
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def compare(source, size, seed, idx, p, delta, values):
+        for side in ("lower", "upper"):
+            ref = values["band_bounds"][side]
+            pairs = [("convex vs band_bounds", values["convex"][side], ref,
+                      CONVEX_RTOL * max(1.0, abs(ref)) + MASS_ATOL / p)]
+            if "closed_form" in values:
+                pairs.append(("closed_form vs band_bounds", values["closed_form"][side], ref,
+                              CLOSED_FORM_RTOL * max(1.0, abs(ref))))
+                pairs.append(("closed_form vs convex", values["closed_form"][side],
+                              values["convex"][side],
+                              CONVEX_RTOL * max(1.0, abs(ref)) + MASS_ATOL / p))
+            for pair, a, b, tol in pairs:
+                diff = abs(a - b) if math.isfinite(a) and math.isfinite(b) else math.inf
+                rows.append(dict(source=source, k=size, seed=seed, index=idx, p=p, delta=delta,
+                                 side=side, pair=pair, value_a=a, value_b=b, abs_diff=diff,
+                                 rel_diff=diff / max(1.0, abs(b)), tol=tol, ok=bool(diff <= tol)))
+
+    def run(source, size, seed, pi_old, indices, solve):
+        for delta in deltas:
+            try:
+                result = solve(pi_old, indices, delta)
+                lower_c, upper_c = np.ravel(result.lower), np.ravel(result.upper)
+            except ConvexSolveError as exc:
+                # A failed solve is a finding, not a crash: it shows as a FAIL row.
+                failures.append(f"{source} K={size} seed={seed} delta={delta:g}: {exc}")
+                lower_c = upper_c = np.full(len(indices), math.nan)
+            band = band_bounds(np.log(pi_old[indices]), div, delta=delta)
+            for j, idx in enumerate(indices):
+                p = float(pi_old[idx])
+                values = {
+                    "convex": {"lower": float(lower_c[j]), "upper": float(upper_c[j])},
+                    "band_bounds": {"lower": float(band.lower[j]), "upper": float(band.upper[j])},
+                }
+                if closed is not None:
+                    lo, up = closed(p, delta)
+                    values["closed_form"] = {"lower": lo, "upper": up}
+                compare(source, size, seed, int(idx), p, delta, values)
+
+    rng = np.random.default_rng(int(seeds[0]) if len(seeds) else 0)
+    rest = rng.dirichlet(np.ones(int(grid_k) - 1))
+    solve = solver_for(int(grid_k))
+    for p in ps:
+        pi_old = np.concatenate([[p], (1.0 - p) * rest])
+        run("grid", int(grid_k), int(seeds[0]) if len(seeds) else 0, pi_old, np.array([0]), solve)
+    for size in ks:
+        solve = solver_for(size)
+        for seed in seeds:
+            pi_old = np.random.default_rng([int(seed), size]).dirichlet(np.ones(size))
+            order = np.argsort(pi_old)
+            # The smallest token that is not below the grid's smallest p (rarer tokens
+            # have tiny lower bounds that conic solvers resolve only to MASS_ATOL).
+            eligible = order[pi_old[order] >= min(ps)]
+            indices = np.unique([order[-1], order[size // 2] if pi_old[order[size // 2]] >= min(ps)
+                                 else order[-1], eligible[0] if eligible.size else order[-1]])
+            run("dirichlet", size, int(seed), pi_old, indices, solve)
+
+    table = pd.DataFrame(rows)
+    summary = []
+    for pair, group in table.groupby("pair", sort=False):
+        worst = group.loc[group["rel_diff"].idxmax()]
+        summary.append(dict(pair=pair, n=len(group), max_abs=group["abs_diff"].max(),
+                            max_rel=group["rel_diff"].max(), worst_p=worst["p"],
+                            worst_delta=worst["delta"],
+                            tolerance=("1e-9*max(1,|b|)" if pair.startswith("closed_form vs band")
+                                       else "1e-6*max(1,|b|)+1e-7/p"),
+                            ok=bool(group["ok"].all())))
+    summary = pd.DataFrame(summary)
+    dirichlet = table[(table["source"] == "dirichlet") & (table["pair"] == "convex vs band_bounds")]
+    if len(dirichlet):
+        checks.append(("reduction theorem", bool(dirichlet["ok"].all()),
+                       f"convex optimum over {len(dirichlet) // (2 * len(deltas)) * 1} random full "
+                       f"distributions' tokens equals the 1-D root: max rel disagreement "
+                       f"{dirichlet['rel_diff'].max():.2e}"))
+    if failures:
+        checks.append(("convex solves", False, f"{len(failures)} failed; first: {failures[0]}"))
+    passed = all(ok for _, ok, _ in checks) and bool(summary["ok"].all())
+    return ValidationReport(div.name, tuple(checks), table, summary, passed, method)
+
+
+def validation_figure(report: ValidationReport) -> Any:
+    """A matplotlib figure of the disagreement against ``p``, one panel per side.
+
+    Args:
+        report: A :class:`ValidationReport` with comparisons.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` (not shown or saved).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    table = report.comparisons
+    for ax, side in zip(axes, ("lower", "upper")):
+        if len(table):
+            part = table[table["side"] == side]
+            for pair, group in part.groupby("pair", sort=False):
+                ax.scatter(group["p"], np.maximum(group["abs_diff"], 1e-17), s=12, label=pair, alpha=0.7)
+            ps = np.logspace(np.log10(part["p"].min()), np.log10(part["p"].max()), 100)
+            ax.plot(ps, CONVEX_RTOL + MASS_ATOL / ps, "k--", lw=1, label="convex tolerance (at |b| <= 1)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("old probability p")
+        ax.set_title(f"{side} bound")
+    axes[0].set_ylabel("absolute disagreement")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"validation of {report.divergence}: {'PASS' if report.passed else 'FAIL'}")
+    return fig

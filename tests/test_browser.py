@@ -1,0 +1,232 @@
+"""End-to-end test of the app in a real browser (Debian chromium driven by Playwright).
+
+Starts ``streamlit run app/streamlit_app.py`` headless on 127.0.0.1 at a free port,
+waits for ``/_stcore/health``, then in chromium: checks the Bands page's table, moves
+the delta slider and waits for the displayed bound to become the library's value,
+types a malicious expression on the Lab page and checks the refusal (and that nothing
+ran), and saves screenshots under ``test-artifacts/``. The server is stopped by PID.
+
+Timings (first load, rerun after a widget change) are measured here and written to
+``test-artifacts/browser_timings.json``; they are reported, not asserted (speed targets
+are benchmarks, not tests).
+
+In CI (``CI`` true) the test must run: it fails instead of skipping when chromium or
+Playwright is missing. Never run ``playwright install``: the system chromium is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bandtheory import band_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("BANDTHEORY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+_IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _require_browser():
+    problems = []
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        problems.append(f"chromium not found at {CHROMIUM}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        problems.append(f"playwright not importable ({exc})")
+    if problems:
+        message = "; ".join(problems)
+        if _IN_CI:
+            pytest.fail(f"browser test must run in CI: {message}")
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200 and response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health within {timeout:g} s")
+
+
+@pytest.fixture
+def server():
+    """A headless streamlit server on 127.0.0.1; yields its URL; stopped by PID."""
+    _require_browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    log = open(ARTIFACTS / "streamlit_server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+            "--server.address", "127.0.0.1", "--server.port", str(port),
+            "--server.headless", "true", "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+        ],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+        log.close()
+
+
+def _shown(value: float) -> str:
+    """The app's display format of a bound (``_common.format_number``)."""
+    return f"{value:.8g}"
+
+
+def _kl_upper(p: float, delta: float) -> str:
+    return _shown(float(band_bounds(math.log(p), "kl", delta=delta).upper))
+
+
+def _wait_cell(page, text: str, timeout_ms: float = 20_000) -> None:
+    page.locator("td", has_text=text).first.wait_for(state="visible", timeout=timeout_ms)
+
+
+def test_app_in_browser(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    timings: dict[str, object] = {}
+    marker = Path("/tmp") / f"bandtheory_pwned_{uuid.uuid4().hex}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+
+            # First load: from navigation until the table shows the library's value.
+            start = time.perf_counter()
+            page.goto(server, wait_until="domcontentloaded")
+            _wait_cell(page, _kl_upper(0.5, 0.05), timeout_ms=60_000)
+            page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=30_000)
+            timings["first_load_s"] = time.perf_counter() - start
+
+            # Move delta with the keyboard: 0.05 -> 0.07 -> 0.1 -> ...
+            slider = page.locator('[data-testid="stSidebar"] input[type="range"][aria-label^="radius"]').first
+            slider.focus()
+            reruns = []
+            for key, delta in (("ArrowRight", 0.07), ("ArrowRight", 0.1), ("ArrowLeft", 0.07),
+                               ("ArrowRight", 0.1), ("ArrowLeft", 0.07), ("ArrowRight", 0.1)):
+                expected = _kl_upper(0.5, delta)
+                t0 = time.perf_counter()
+                slider.press(key)
+                _wait_cell(page, expected)
+                reruns.append(time.perf_counter() - t0)
+            timings["rerun_s"] = reruns
+            timings["rerun_median_s"] = float(np.median(reruns))
+            page.wait_for_function("() => window.location.search.includes('delta=0.1')", timeout=10_000)
+            assert "delta=0.1" in page.url
+
+            # Downloads: the chart as PNG (kaleido with the system chromium) and its data as CSV.
+            with page.expect_download(timeout=90_000) as download:
+                page.locator('[data-testid="stDownloadButton"] button', has_text="PNG").first.click()
+            assert Path(download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            with page.expect_download(timeout=30_000) as download:
+                page.locator('[data-testid="stDownloadButton"] button', has_text="CSV").first.click()
+            csv = Path(download.value.path()).read_text()
+            assert csv.startswith("curve,key,label,p,lower,upper") and "Band kl" in csv
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "bands.png"), full_page=True)
+
+            # A shared link restores the state: open the URL with delta=0.01.
+            page.goto(f"{server}/?div=kl,tv&delta=0.01&view=ratio", wait_until="domcontentloaded")
+            _wait_cell(page, _kl_upper(0.5, 0.01), timeout_ms=30_000)
+
+            # The Lab refuses a malicious expression and runs nothing.
+            page.goto(f"{server}/lab", wait_until="domcontentloaded")
+            box = page.get_by_label("f(u)", exact=True)
+            box.wait_for(state="visible", timeout=30_000)
+            box.fill(f"__import__('os').system('touch {marker}')")
+            box.press("Enter")
+            refusal = page.locator('[data-testid="stAlert"]', has_text="Refused")
+            refusal.first.wait_for(state="visible", timeout=30_000)
+            text = refusal.first.inner_text()
+            assert "not allowed" in text and "__import__" in text
+            assert not marker.exists()
+            page.screenshot(path=str(ARTIFACTS / "lab_refusal.png"), full_page=True)
+
+            # A valid generator is checked and derived (sympy runs in worker processes).
+            box.fill("(u - 1)**2")
+            box.press("Enter")
+            page.get_by_text("Derivation summary").first.wait_for(state="visible", timeout=90_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
+
+            # The simulation runs from the browser with a progress bar (20 steps, 3 seeds).
+            page.goto(f"{server}/simulation", wait_until="domcontentloaded")
+            steps = page.locator('input[type="range"][aria-label="steps"]').first
+            steps.wait_for(state="attached", timeout=60_000)
+            steps.focus()
+            steps.press("Home")
+            page.wait_for_timeout(300)
+            for _ in range(2):
+                steps.press("ArrowRight")
+                page.wait_for_timeout(300)
+            page.get_by_text("× 20 steps").first.wait_for(state="visible", timeout=30_000)
+            page.get_by_role("button", name="Run simulation").click()
+            page.locator('[data-testid="stProgress"]').first.wait_for(state="visible", timeout=60_000)
+            page.get_by_text("Summary").first.wait_for(state="visible", timeout=180_000)
+            page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=30_000)
+            page.wait_for_timeout(800)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "simulation_run.png"), full_page=True)
+
+            # The other pages render their charts in the browser without an exception.
+            for path, ready in (("surrogate", ".js-plotly-plot"), ("region", ".js-plotly-plot"),
+                                ("simulation", "text=Run simulation")):
+                page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+                page.locator(ready).first.wait_for(state="visible", timeout=60_000)
+                page.wait_for_timeout(800)
+                assert page.locator('[data-testid="stException"]').count() == 0, path
+                page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not marker.exists()
+    (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))
+    print(f"\nbrowser timings: {json.dumps(timings)}")

@@ -1,0 +1,213 @@
+"""Tests of the convex projector (bandtheory.convex) against independent routes.
+
+Truth: the exact one-dimensional root ``band_bounds`` (itself checked against the
+defining equation elsewhere), the defining inequality ``D_f(pi || pi_old) <= delta``
+evaluated exactly, and the certified brackets of the cutting-plane path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from bandtheory import band_bounds, divergences
+from bandtheory import convex
+from bandtheory.convex import (
+    CONVEX_RTOL,
+    MASS_ATOL,
+    BandProblem,
+    ConvexSolveError,
+    convex_band,
+    f_divergence,
+    project,
+    validate,
+)
+
+DCP_NAMES = list(divergences.names()) + ["alpha(2)", "alpha(1/2)", "alpha(-1)"]
+
+
+def _tol(ref, p):
+    return CONVEX_RTOL * np.maximum(1.0, np.abs(ref)) + MASS_ATOL / p
+
+
+def _dirichlet(k, seed, p_min=1e-4):
+    pi = np.random.default_rng([seed, k]).dirichlet(np.ones(k))
+    order = np.argsort(pi)
+    eligible = order[pi[order] >= p_min]
+    return pi, np.unique([order[-1], order[k // 2], eligible[0]])
+
+
+@pytest.mark.parametrize("name", DCP_NAMES)
+@pytest.mark.parametrize("k,seed", [(8, 0), (60, 1)])
+def test_dcp_agrees_with_band_bounds(name, k, seed):
+    pi, idx = _dirichlet(k, seed)
+    for delta in (0.02, 0.5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", convex.InaccurateSolutionWarning)
+            res = convex_band(pi, idx, name, delta)
+        ref = band_bounds(np.log(pi[idx]), name, delta=delta)
+        p = pi[idx]
+        np.testing.assert_array_less(np.abs(res.lower - ref.lower), _tol(ref.lower, p))
+        np.testing.assert_array_less(np.abs(res.upper - ref.upper), _tol(ref.upper, p))
+        # The optimum sits inside the ball (up to solver feasibility) and on [0, 1/p].
+        assert np.all(res.divergence_upper <= delta * (1 + 1e-5) + 1e-7)
+        assert np.all((res.lower >= -1e-9) & (res.upper <= 1 / p * (1 + 1e-7)))
+        assert res.method == "dcp" and set(res.status_upper) <= {"optimal", "optimal_inaccurate"}
+
+
+def test_dpp_resolve_without_recompiling():
+    bp = BandProblem(20, "kl")
+    assert bp.problem.is_dpp()
+    pi, _ = _dirichlet(20, 3)
+    first = bp.solve(pi, 0, delta=0.05)
+    chain = bp.problem._cache.param_prog
+    second = bp.solve(pi, 0, delta=0.2)
+    assert bp.problem._cache.param_prog is chain  # same compiled program reused
+    assert second.upper > first.upper  # monotone in delta
+
+
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger", "js", "triangular", "alpha(2)"])
+def test_cutting_plane_matches_dcp_and_brackets_band_bounds(name):
+    pi, idx = _dirichlet(12, 5)
+    delta = 0.1
+    cut = convex_band(pi, idx, name, delta, method="cutting_plane")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", convex.InaccurateSolutionWarning)
+        dcp = convex_band(pi, idx, name, delta, method="dcp")
+    ref = band_bounds(np.log(pi[idx]), name, delta=delta)
+    assert cut.method == "cutting_plane"
+    assert (cut.iterations < 100).mean() >= 0.8  # most brackets reach rtol quickly
+    slack = 1e-9
+    assert np.all(cut.lower_bracket[:, 0] <= ref.lower + slack)
+    assert np.all(ref.lower <= cut.lower_bracket[:, 1] + slack)
+    assert np.all(cut.upper_bracket[:, 0] <= ref.upper * (1 + slack))
+    assert np.all(ref.upper <= cut.upper_bracket[:, 1] * (1 + slack))
+    # The inner end is attained by a distribution that is exactly feasible.
+    assert np.all(cut.divergence_lower <= delta) and np.all(cut.divergence_upper <= delta)
+    p = pi[idx]
+    width_lo = np.diff(cut.lower_bracket, axis=-1)[:, 0]
+    width_up = np.diff(cut.upper_bracket, axis=-1)[:, 0]
+    np.testing.assert_array_less(np.abs(cut.lower - dcp.lower), _tol(dcp.lower, p) + width_lo)
+    np.testing.assert_array_less(np.abs(cut.upper - dcp.upper), _tol(dcp.upper, p) + width_up)
+
+
+def test_cutting_plane_for_divergence_without_dcp_form():
+    div = divergences.alpha(3)
+    assert div.dcp is None
+    pi, idx = _dirichlet(10, 7)
+    res = convex_band(pi, idx, div, 0.3)
+    ref = band_bounds(np.log(pi[idx]), div, delta=0.3)
+    assert res.method == "cutting_plane" and res.converged
+    assert np.all((res.upper_bracket[:, 0] <= ref.upper * (1 + 1e-9))
+                  & (ref.upper <= res.upper_bracket[:, 1] * (1 + 1e-9)))
+
+
+def test_iteration_limit_is_reported():
+    pi, idx = _dirichlet(10, 2)
+    res = convex_band(pi, idx, "kl", 0.1, method="cutting_plane", max_iter=2)
+    assert not res.converged and res.iterations.max() == 2
+    ref = band_bounds(np.log(pi[idx]), "kl", delta=0.1)
+    assert np.all(res.upper_bracket[:, 0] <= ref.upper * (1 + 1e-9))
+    assert np.all(ref.upper <= res.upper_bracket[:, 1] * (1 + 1e-9))
+
+
+def test_forced_infeasible_raises_named_error():
+    pi, _ = _dirichlet(6, 0)
+    with pytest.raises(ConvexSolveError) as info:
+        convex_band(pi, 0, "kl", 0.05, constraints=lambda x: [x[1] >= 0.9, x[2] >= 0.9])
+    assert "infeasible" in info.value.status and info.value.solver == "CLARABEL"
+    assert "infeasible" in str(info.value) and "CLARABEL" in str(info.value)
+
+
+def test_inaccurate_warns_and_returns(monkeypatch):
+    import cvxpy as cp
+
+    def fake_solve(self, *args, **kwargs):
+        self._status = cp.OPTIMAL_INACCURATE
+
+    problem = cp.Problem(cp.Minimize(0))
+    monkeypatch.setattr(cp.Problem, "solve", fake_solve)
+    with pytest.warns(convex.InaccurateSolutionWarning, match="CLARABEL"):
+        assert convex._solve(problem, "CLARABEL", {}, "test") == cp.OPTIMAL_INACCURATE
+
+
+@pytest.mark.parametrize(
+    "pi_old,index,err",
+    [([0.5, 0.5, 0.0], 0, ValueError), ([0.6, 0.6], 0, ValueError), ([0.5, 0.5], 2, ValueError),
+     ([0.5, 0.5], 0.5, TypeError), ([[0.5, 0.5]], 0, ValueError)],
+)
+def test_bad_inputs_refused(pi_old, index, err):
+    with pytest.raises(err):
+        convex_band(pi_old, index, "kl", 0.05)
+
+
+def test_bad_delta_and_method_refused():
+    with pytest.raises(ValueError, match="delta"):
+        convex_band([0.5, 0.5], 0, "kl", -0.1)
+    with pytest.raises(ValueError, match="method"):
+        convex_band([0.5, 0.5], 0, "kl", 0.1, method="newton")
+
+
+@pytest.mark.parametrize("metric", ["kl", "euclidean"])
+def test_project_lands_on_ball_and_beats_scaled_points(metric):
+    rng = np.random.default_rng(11)
+    pi_old = rng.dirichlet(np.ones(15))
+    target = rng.dirichlet(np.ones(15))
+    delta = 0.05
+    res = project(target, pi_old, "kl", delta, metric=metric)
+    assert not res.inside and res.target_divergence > delta
+    assert abs(res.divergence_value - delta) <= 1e-6  # active constraint
+    # Every feasible point on the segment pi_old -> target is no closer.
+    for lam in np.linspace(0, 1, 41):
+        q = (1 - lam) * pi_old + lam * target
+        if f_divergence(q, pi_old, "kl") <= delta:
+            d = (np.sum(q * np.log(q / target)) if metric == "kl" else np.linalg.norm(q - target))
+            assert res.distance <= d + 1e-6
+
+
+def test_project_inside_returns_target():
+    pi_old = np.array([0.3, 0.3, 0.4])
+    target = np.array([0.31, 0.29, 0.4])
+    res = project(target, pi_old, "chi2", 0.5)
+    assert res.inside and res.distance == 0.0 and np.array_equal(res.pi, target)
+
+
+def test_validate_passes_on_builtin_small():
+    report = validate("chi2", deltas=(0.05, 0.5), ps=(1e-3, 0.3, 0.9), k=(10,), seeds=(0,))
+    assert report.passed, report.format()
+    assert {"convex vs band_bounds"} <= set(report.summary["pair"])
+    assert "PASS" in report.format()
+
+
+def test_validate_refuses_nonconvex_before_solving(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a solver ran")
+
+    monkeypatch.setattr(convex, "BandProblem", boom)
+    monkeypatch.setattr(convex, "convex_band", boom)
+    div = divergences.Divergence("bad", divergences.U**3 - 3 * divergences.U**2 + 2, "not convex")
+    report = validate(div, deltas=(0.1,), ps=(0.5,), k=(5,), seeds=(0,))
+    assert not report.passed and not dict((n, ok) for n, ok, _ in report.checks)["convexity"]
+    if hasattr(divergences, "from_expression"):
+        for text in ("u**3 - 3*u**2 + 2", "__import__('os')", "u +* 2"):
+            with pytest.raises(ValueError):
+                validate(text, deltas=(0.1,), ps=(0.5,), k=(5,), seeds=(0,))
+
+
+@pytest.mark.skipif(not hasattr(divergences, "from_expression"), reason="parser not available")
+def test_user_expression_goes_through_cutting_plane():
+    div = divergences.from_expression("(u - 1)**2 / u", name="my_neyman")
+    pi, idx = _dirichlet(8, 4)
+    res = convex_band(pi, idx, div, 0.2)
+    ref = band_bounds(np.log(pi[idx]), "neyman_chi2", delta=0.2)
+    assert res.method == "cutting_plane" and res.converged
+    assert np.all((res.upper_bracket[:, 0] <= ref.upper * (1 + 1e-9))
+                  & (ref.upper <= res.upper_bracket[:, 1] * (1 + 1e-9)))
+
+
+@pytest.mark.slow
+def test_validate_default_grid_on_kl():
+    report = validate("kl")
+    assert report.passed, report.format()
