@@ -13,6 +13,10 @@ to ``p = 1e-8``):
 4. ``clip_loss``: :func:`bandtheory.policy_loss` with canonical clipping;
 5. ``band_loss``: the same with ``band("kl", mode="fast")`` (bounds computed inside).
 
+The losses are timed in the configuration a trainer's hot loop uses: float32 inputs,
+no response mask (a packed batch), ``agg="token-mean"``, ``check_input=False`` (the
+NaN / sign validation reads every value on the host; it is a debugging aid).
+
 Peak extra memory: ``tracemalloc`` for NumPy (it tracks NumPy's buffers); for torch CPU
 it is not measured (torch allocations are invisible to tracemalloc) and is reported as
 ``nan``.

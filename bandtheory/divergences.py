@@ -148,11 +148,12 @@ class Divergence:
         latex: LaTeX name for labels.
         references: Where the generator comes from.
         builtin: Whether the entry ships with bandtheory.
-        dcp: Optional exact cvxpy builder ``dcp(pi, pi_old) -> (terms, constraints)``:
-            elementwise DCP terms equal to ``pi_old * f(pi / pi_old)`` at the optimum
-            (an epigraph over the auxiliary cone ``constraints``), DPP with ``pi_old``
-            a parameter. ``None`` sends :mod:`bandtheory.convex` to its cutting-plane
-            path.
+        dcp: Optional exact cvxpy builder ``dcp(pi, pi_old) -> (t, constraints)``:
+            an elementwise epigraph ``t >= pi_old * f(pi / pi_old)`` (equality
+            attainable) over the auxiliary cones ``constraints``; ``t`` is affine in
+            fresh variables and holds no parameter, and ``pi_old`` enters the cones
+            affinely, so programs stay DPP with ``pi_old`` a parameter. ``None`` sends
+            :mod:`bandtheory.convex` to its cutting-plane path.
 
     Derived attributes (computed once, on first use): ``f1`` and ``f2`` (sympy
     derivatives), ``f_at_0`` (``f(0+)``, may be ``inf``), ``slope_at_inf``
@@ -276,14 +277,23 @@ class Divergence:
 # --------------------------------------------------------------------------------------
 # Exact cvxpy (DCP) builders of the perspectives, used by bandtheory.convex
 # --------------------------------------------------------------------------------------
-# Each builder takes the new masses ``pi`` (a cvxpy expression, ``pi >= 0``) and the old
-# masses ``pi_old`` (a positive cvxpy Parameter or constant) and returns
-# ``(terms, constraints)``: ``terms`` is an elementwise DCP-convex expression with
-# ``terms >= pi_old * f(pi / pi_old)`` on the feasible set of ``constraints`` (auxiliary
-# cones, vectorised) and equality attainable, so ``sum(terms) <= delta`` is exactly the
-# f-ball. ``pi_old`` enters every atom affinely, which keeps programs DPP. Working in
-# masses (not ratios) keeps every cone variable within [0, 1]-ish scales, which is what
-# the solver's relative tolerances need. cvxpy is imported inside each builder.
+# Each builder takes new masses ``pi`` (a cvxpy expression, ``pi >= 0``) and old masses
+# ``pi_old`` (a positive cvxpy Parameter or constant), both of shape ``(K,)``, and
+# returns an *epigraph* ``(t, constraints)``: ``t`` is an elementwise affine expression
+# of fresh variables only (no parameter in it), and on the feasible set of
+# ``constraints`` (vectorised cones)
+#
+#     t >= pi_old * f(pi / pi_old)     elementwise, with equality attainable,
+#
+# so ``sum(t) <= delta`` is exactly the f-ball. ``pi_old`` enters every cone affinely
+# (DPP). Because ``t`` holds no parameter, a caller may weight it by a parameter:
+# the perspective is 1-homogeneous, ``sigma * persp(pi / sigma, pi_old / sigma) =
+# persp(pi, pi_old)``, so feeding a builder the rescaled masses ``(pi/sigma,
+# pi_old/sigma)`` and using ``sum(sigma * t) <= delta`` describes the same ball in
+# better-scaled cones (bandtheory.convex rescales a rare token this way).
+# Every ``t`` is nonnegative, like the perspective: sums of signed terms that cancel
+# (``pi log(pi/q) + q log(q/pi)``) make interior-point solvers stall on rare tokens.
+# cvxpy is imported inside each builder.
 
 
 def _rotated_cone(x: Any, y: Any, z: Any) -> Any:
@@ -293,91 +303,103 @@ def _rotated_cone(x: Any, y: Any, z: Any) -> Any:
     return cp.SOC(x + y, cp.vstack([x - y, 2 * z]), axis=0)
 
 
-def _dcp_kl(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``pi_old f(pi/pi_old) = pi_old log(pi_old/pi) + pi - pi_old`` (exponential cone)."""
+def _gkl_epigraph(x: Any, y: Any) -> tuple[Any, list]:
+    """``s >= x log(x/y) - x + y`` (the generalised KL term, ``>= 0``): one exponential
+    cone per entry, ``(-(s + x - y), x, y)``, i.e. ``x exp(-(s + x - y)/x) <= y``."""
     import cvxpy as cp
 
-    return cp.rel_entr(pi_old, pi) + pi - pi_old, []
+    s = cp.Variable(x.shape, name="t")
+    return s, [cp.constraints.ExpCone(-(s + x - y), x, y)]
+
+
+def _dcp_kl(pi: Any, pi_old: Any) -> tuple[Any, list]:
+    """``t >= pi_old log(pi_old/pi) + pi - pi_old`` (exponential cone)."""
+    return _gkl_epigraph(pi_old, pi)
 
 
 def _dcp_reverse_kl(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``pi log(pi/pi_old) - pi + pi_old``."""
-    import cvxpy as cp
-
-    return cp.rel_entr(pi, pi_old) - pi + pi_old, []
+    """``t >= pi log(pi/pi_old) - pi + pi_old`` (exponential cone)."""
+    return _gkl_epigraph(pi, pi_old)
 
 
 def _dcp_tv(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``|pi - pi_old| / 2``."""
+    """``2 t >= |pi - pi_old|`` (two linear inequalities)."""
     import cvxpy as cp
 
-    return cp.abs(pi - pi_old) / 2, []
+    t = cp.Variable(pi.shape, name="t")
+    return t, [2 * t >= pi - pi_old, 2 * t >= pi_old - pi]
 
 
 def _dcp_chi2(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``s >= (pi - pi_old)^2 / pi_old``, i.e. ``s * pi_old >= (pi - pi_old)^2``."""
+    """``t pi_old >= (pi - pi_old)^2`` (rotated second-order cone)."""
     import cvxpy as cp
 
-    s = cp.Variable(pi.shape, nonneg=True)
-    return s, [_rotated_cone(s, pi_old, pi - pi_old)]
+    t = cp.Variable(pi.shape, name="t")
+    return t, [_rotated_cone(t, pi_old, pi - pi_old)]
 
 
 def _dcp_neyman_chi2(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``s >= (pi - pi_old)^2 / pi``, i.e. ``s * pi >= (pi - pi_old)^2``."""
+    """``t pi >= (pi - pi_old)^2`` (rotated second-order cone)."""
     import cvxpy as cp
 
-    s = cp.Variable(pi.shape, nonneg=True)
-    return s, [_rotated_cone(s, pi, pi - pi_old)]
+    t = cp.Variable(pi.shape, name="t")
+    return t, [_rotated_cone(t, pi, pi - pi_old)]
 
 
 def _dcp_hellinger(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``pi + pi_old - 2 h`` with ``h <= sqrt(pi * pi_old)``."""
+    """``t >= (sqrt(pi) - sqrt(pi_old))^2``, i.e. ``pi pi_old >= ((pi + pi_old - t)/2)^2``.
+
+    The cone also caps ``t <= (sqrt(pi) + sqrt(pi_old))^2``, harmless for an epigraph
+    (the cap lies above every value the ball needs) and it saves an auxiliary variable.
+    """
     import cvxpy as cp
 
-    h = cp.Variable(pi.shape, nonneg=True)
-    return pi + pi_old - 2 * h, [_rotated_cone(pi, pi_old, h)]
+    t = cp.Variable(pi.shape, name="t")
+    return t, [_rotated_cone(pi, pi_old, (pi + pi_old - t) / 2)]
 
 
 def _dcp_js(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``(rel_entr(pi, m) + rel_entr(pi_old, m)) / 2`` with ``m = (pi + pi_old) / 2``."""
-    import cvxpy as cp
-
+    """``t = (s1 + s2)/2`` with ``s1 >= gkl(pi, m)``, ``s2 >= gkl(pi_old, m)``,
+    ``m = (pi + pi_old)/2`` (the linear parts of the two KL terms cancel)."""
     m = (pi + pi_old) / 2
-    return (cp.rel_entr(pi, m) + cp.rel_entr(pi_old, m)) / 2, []
+    s1, c1 = _gkl_epigraph(pi, m)
+    s2, c2 = _gkl_epigraph(pi_old, m)
+    return (s1 + s2) / 2, c1 + c2
 
 
 def _dcp_jeffreys(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``(pi - pi_old) log(pi/pi_old) = rel_entr(pi, pi_old) + rel_entr(pi_old, pi)``."""
-    import cvxpy as cp
-
-    return cp.rel_entr(pi, pi_old) + cp.rel_entr(pi_old, pi), []
+    """``(pi - pi_old) log(pi/pi_old) = gkl(pi, pi_old) + gkl(pi_old, pi)``: two
+    nonnegative exponential-cone epigraphs (not ``rel_entr + rel_entr``, whose signed
+    terms cancel and stall the solver on rare tokens)."""
+    s1, c1 = _gkl_epigraph(pi, pi_old)
+    s2, c2 = _gkl_epigraph(pi_old, pi)
+    return s1 + s2, c1 + c2
 
 
 def _dcp_triangular(pi: Any, pi_old: Any) -> tuple[Any, list]:
-    """``s >= (pi - pi_old)^2 / (pi + pi_old)``."""
+    """``t (pi + pi_old) >= (pi - pi_old)^2`` (rotated second-order cone)."""
     import cvxpy as cp
 
-    s = cp.Variable(pi.shape, nonneg=True)
-    return s, [_rotated_cone(s, pi + pi_old, pi - pi_old)]
+    t = cp.Variable(pi.shape, name="t")
+    return t, [_rotated_cone(t, pi + pi_old, pi - pi_old)]
 
 
 def _dcp_alpha(pi: Any, pi_old: Any, *, a: Any) -> tuple[Any, list]:
-    """``(h - pi_old - a (pi - pi_old)) / (a (a - 1))`` with ``h`` bounding
-    ``pi^a pi_old^(1-a)`` by a rotated second-order cone: ``h pi_old >= pi^2`` (a = 2),
-    ``h^2 <= pi pi_old`` (a = 1/2, where ``a (a - 1) < 0``), ``h pi >= pi_old^2`` (a = -1)."""
-    import cvxpy as cp
-
-    h = cp.Variable(pi.shape, nonneg=True)
+    """The alpha-divergences with a second-order-cone form are multiples of others:
+    ``alpha(2) = chi2 / 2``, ``alpha(1/2) = 2 hellinger``, ``alpha(-1) = neyman_chi2 / 2``
+    (expand ``(u^a - 1 - a (u - 1)) / (a (a - 1))``). The direct forms avoid the
+    difference ``pi^a pi_old^(1-a) - pi_old`` of order-one terms, which loses the
+    relative accuracy of small divergences."""
     if a == 2:
-        cone = _rotated_cone(h, pi_old, pi)
-    elif a == sp.Rational(1, 2):
-        cone = _rotated_cone(pi, pi_old, h)
-    elif a == -1:
-        cone = _rotated_cone(h, pi, pi_old)
-    else:
-        raise ValueError(f"no second-order-cone form for alpha({a}); use the cutting-plane path")
-    a = float(a)
-    return (h - pi_old - a * (pi - pi_old)) / (a * (a - 1)), [cone]
+        t, cons = _dcp_chi2(pi, pi_old)
+        return t / 2, cons
+    if a == sp.Rational(1, 2):
+        t, cons = _dcp_hellinger(pi, pi_old)
+        return 2 * t, cons
+    if a == -1:
+        t, cons = _dcp_neyman_chi2(pi, pi_old)
+        return t / 2, cons
+    raise ValueError(f"no second-order-cone form for alpha({a}); use the cutting-plane path")
 
 
 #: ``alpha(a)`` has an exact second-order-cone form for these ``a``; other ``a`` need

@@ -96,7 +96,7 @@ def _prepare(log_prob, old_log_prob, advantages, response_mask, agg, check_input
             "use agg='token-mean' for other shapes"
         )
     if response_mask is None:
-        mask = xp.ones(shape, dtype=xp.bool, device=_device(log_prob))
+        mask = None  # every token counts: no masking work at all
     else:
         try:
             mxp = array_namespace(response_mask)
@@ -123,19 +123,18 @@ def _device(x: Any) -> Any:
 
 def _validate(xp, log_prob, old_log_prob, advantages, mask):
     """NaN / +inf / positive checks on unmasked tokens (needs a host synchronisation)."""
-    zero = 0.0
-    validate_log_prob(xp.where(mask, _detach(log_prob), zero), xp, name="log_prob")
-    old = xp.where(mask, _detach(old_log_prob), zero)
+    def keep(x):
+        return x if mask is None else xp.where(mask, x, 0.0)
+
+    validate_log_prob(keep(_detach(log_prob)), xp, name="log_prob")
+    old = keep(_detach(old_log_prob))
     validate_log_prob(old, xp, name="old_log_prob")
-    old_np = _to_numpy(xp, old)
-    if np.isneginf(old_np).any():
+    if np.isneginf(_to_numpy(xp, old)).any():
         raise ValueError(
             "old_log_prob is -inf on an unmasked token: the ratio pi/pi_old is undefined there; "
             "mask such tokens out"
         )
-    adv = xp.where(mask, advantages, zero)
-    adv_np = _to_numpy(xp, _detach(adv))
-    if not np.isfinite(adv_np).all():
+    if not np.isfinite(_to_numpy(xp, keep(_detach(advantages)))).all():
         raise ValueError("advantages contain NaN or inf on unmasked tokens; they must be finite")
 
 
@@ -152,8 +151,15 @@ def _resolve_c(scheme: Any, c: float | None) -> float | None:
     return c
 
 
-def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, check_input):
-    """Everything both public functions need: loss, token weights, active set, metrics."""
+def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, check_input,
+          want_grad=False):
+    """Loss, metrics and (with ``want_grad``) the closed-form gradient.
+
+    Lean by design (this runs once per minibatch on millions of tokens): everything is
+    computed in the input dtype (the bounds come back in it too), a batch without a
+    mask skips every masking operation, and each metric is one reduction (counts of
+    boolean masks; ``approx_kl`` as ``mean(r) - 1 - mean(log r)``).
+    """
     if scheme is None:
         scheme = _clip_scheme(eps=0.2)
     c = _resolve_c(scheme, c)
@@ -163,75 +169,109 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
     old = _detach(old_log_prob)
     adv = _detach(advantages)
     dtype = log_prob.dtype
-    zero = 0.0
-    # Masked entries may hold padding garbage (NaN, -inf): neutralise them before use so
-    # they cannot leak into the sums (or the gradient) through 0 * NaN.
-    lp = xp.where(mask, log_prob, zero)
-    old = xp.where(mask, old, zero)
-    adv = xp.where(mask, adv, zero)
-    maskf = xp.astype(mask, dtype)
+    lp = log_prob
+    if mask is not None:
+        # Masked entries may hold padding garbage (NaN, -inf): neutralise them before use
+        # so they cannot leak into the sums (or the gradient) through 0 * NaN.
+        lp = xp.where(mask, lp, 0.0)
+        old = xp.where(mask, old, 0.0)
+        adv = xp.where(mask, adv, 0.0)
 
     band = scheme.bounds(old, check_input=False)
-    lower = xp.astype(_detach(band.lower), dtype)
-    upper = xp.astype(_detach(band.upper), dtype)
+    lower = _detach(band.lower)
+    upper = _detach(band.upper)
+    if lower.dtype != dtype:
+        lower, upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
 
     log_ratio = lp - old
     ratio = xp.exp(log_ratio)
-    clipped = xp.minimum(xp.maximum(ratio, lower), upper)
-    obj = xp.minimum(ratio * adv, clipped * adv)
-    neg = adv < 0
+    obj = xp.minimum(ratio * adv, xp.clip(ratio, lower, upper) * adv)
     if c is not None:
-        obj = xp.where(neg, xp.maximum(obj, c * adv), obj)
-    token_loss = -obj
+        obj = xp.where(adv < 0, xp.maximum(obj, c * adv), obj)
 
-    # Aggregation weights w (loss = sum w * token_loss); data-independent control flow.
-    if agg == "token-mean":
-        count = xp.sum(maskf)
-        weight = maskf / xp.maximum(count, xp.ones_like(count))
+    # Aggregation (loss = -sum w * obj); data-independent control flow.
+    n_tok = math.prod(tuple(lp.shape))
+    if mask is None:
+        maskf = None
+        count = n_tok
+        # token-mean and seq-mean-token-mean are both the plain mean here.
+        loss = -xp.sum(obj) / (obj.shape[0] if agg == "seq-mean-token-sum" else n_tok)
     else:
-        per_seq = xp.sum(maskf, axis=1, keepdims=True)
-        has = xp.astype(per_seq > 0, dtype)
-        n_seq = xp.sum(has)
-        n_seq = xp.maximum(n_seq, xp.ones_like(n_seq))
-        if agg == "seq-mean-token-mean":
-            weight = maskf / xp.maximum(per_seq, xp.ones_like(per_seq)) / n_seq
+        maskf = xp.astype(mask, dtype)
+        count = xp.sum(maskf)
+        if agg == "token-mean":
+            loss = -xp.sum(obj * maskf) / xp.maximum(count, xp.ones_like(count))
         else:
-            weight = maskf / n_seq
-    loss = xp.sum(token_loss * weight)
+            per_seq = xp.sum(maskf, axis=1, keepdims=True)
+            n_seq = xp.sum(xp.astype(per_seq > 0, dtype))
+            n_seq = xp.maximum(n_seq, xp.ones_like(n_seq))
+            if agg == "seq-mean-token-mean":
+                per_tok = obj * (maskf / xp.maximum(per_seq, xp.ones_like(per_seq)))
+            else:
+                per_tok = obj * maskf
+            loss = -xp.sum(per_tok) / n_seq
 
     # Metrics (no gradient). Clipping "bites" only on the side that limits the objective.
     r = _detach(ratio)
-    pos = adv > 0
-    lo_d = lower
-    up_d = upper
-    hit_up = mask & pos & (r > up_d)
-    hit_lo = mask & neg & (r < lo_d)
-    active = mask & ~hit_up & ~hit_lo
+    lr = _detach(log_ratio)
+    hit_up = (adv > 0) & (r > upper)
+    hit_lo = (adv < 0) & (r < lower)
+    hit_dual = None
     if c is not None:
-        hit_dual = mask & neg & (xp.maximum(r, xp.minimum(xp.maximum(r, lo_d), up_d)) > c)
-        active = active & ~hit_dual
-    else:
-        hit_dual = xp.zeros_like(mask)
-    # min(rA, clip(r)A) picks rA exactly when the unclipped term is the smaller one; with
-    # A == 0 the token contributes nothing either way.
-    n = xp.maximum(xp.sum(maskf), xp.ones((), dtype=dtype, device=_device(maskf)))
+        # min(rA, clip(r)A) < cA for A < 0 exactly when max(r, clip(r)) > c.
+        hit_dual = (adv < 0) & (xp.maximum(r, xp.clip(r, lower, upper)) > c)
+    if mask is not None:
+        hit_up = hit_up & mask
+        hit_lo = hit_lo & mask
+        if hit_dual is not None:
+            hit_dual = hit_dual & mask
     fdt = xp.float64 if is_numpy_array(r) else dtype
+    if mask is None:
+        denom = float(max(n_tok, 1))
+        r_sum, lr_sum, r_max = xp.sum(r, dtype=fdt), xp.sum(lr, dtype=fdt), xp.max(r)
+    else:
+        denom = xp.maximum(xp.astype(count, fdt), xp.ones((), dtype=fdt, device=_device(r)))
+        r_m = r * maskf
+        r_sum, lr_sum, r_max = xp.sum(r_m, dtype=fdt), xp.sum(lr * maskf, dtype=fdt), xp.max(r_m)
 
     def frac(b):
-        return xp.sum(xp.astype(b, fdt)) / xp.astype(n, fdt)
+        return xp.astype(xp.sum(b), fdt) / denom
 
-    r_m = xp.where(mask, r, zero)
-    k3 = xp.where(mask, (r - 1.0) - _detach(log_ratio), zero)
+    up_frac, lo_frac = frac(hit_up), frac(hit_lo)
     metrics = {
-        "clip_frac_upper": frac(hit_up),
-        "clip_frac_lower": frac(hit_lo),
-        "clip_frac": frac(hit_up | hit_lo),
-        "dual_clip_frac": frac(hit_dual),
-        "ratio_mean": xp.sum(xp.astype(r_m, fdt)) / xp.astype(n, fdt),
-        "ratio_max": xp.max(r_m),
-        "approx_kl": xp.sum(xp.astype(k3, fdt)) / xp.astype(n, fdt),
+        "clip_frac_upper": up_frac,
+        "clip_frac_lower": lo_frac,
+        # The two events are disjoint (A > 0 versus A < 0).
+        "clip_frac": up_frac + lo_frac,
+        "dual_clip_frac": frac(hit_dual) if hit_dual is not None else up_frac * 0.0,
+        "ratio_mean": r_sum / denom,
+        "ratio_max": r_max,
+        "approx_kl": (r_sum - lr_sum) / denom - 1.0 if mask is None
+        else (r_sum - lr_sum - xp.astype(count, fdt)) / denom,
     }
-    return xp, loss, token_loss, weight, active, r, adv, metrics
+    grad = None
+    if want_grad:
+        active = ~(hit_up | hit_lo)
+        if hit_dual is not None:
+            active = active & ~hit_dual
+        weight = _weights(xp, maskf, lp, agg, dtype)
+        grad = -weight * r * adv * xp.astype(active, dtype)
+    return xp, loss, grad, metrics
+
+
+def _weights(xp, maskf, lp, agg, dtype):
+    """Aggregation weights ``w`` with ``loss = sum w * token_loss`` (closed-form gradient)."""
+    if maskf is None:
+        maskf = xp.ones_like(_detach(lp))
+    if agg == "token-mean":
+        count = xp.sum(maskf)
+        return maskf / xp.maximum(count, xp.ones_like(count))
+    per_seq = xp.sum(maskf, axis=1, keepdims=True)
+    n_seq = xp.sum(xp.astype(per_seq > 0, dtype))
+    n_seq = xp.maximum(n_seq, xp.ones_like(n_seq))
+    if agg == "seq-mean-token-mean":
+        return maskf / xp.maximum(per_seq, xp.ones_like(per_seq)) / n_seq
+    return maskf / n_seq
 
 
 def _empty(xp, log_prob):
@@ -352,23 +392,24 @@ def _run(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, c
         loss, metrics = _empty(xp, log_prob)
         grad = xp.zeros_like(_detach(log_prob))
         return (_out(loss), grad, metrics) if want_grad else (_out(loss), None, metrics)
-    if is_numpy_array(log_prob) or isinstance(log_prob, (list, tuple)):
-        with np.errstate(all="ignore"):
-            xp, loss, _, weight, active, r, adv, metrics = _core(
-                log_prob, old_log_prob, advantages, scheme=scheme, response_mask=response_mask,
-                agg=agg, c=c, check_input=check_input,
-            )
-            grad = -weight * r * adv * xp.astype(active, weight.dtype) if want_grad else None
-    else:
-        xp, loss, _, weight, active, r, adv, metrics = _core(
+    numpy = is_numpy_array(log_prob) or isinstance(log_prob, (list, tuple))
+    with np.errstate(all="ignore") if numpy else _NoContext():
+        xp, loss, grad, metrics = _core(
             log_prob, old_log_prob, advantages, scheme=scheme, response_mask=response_mask,
-            agg=agg, c=c, check_input=check_input,
+            agg=agg, c=c, check_input=check_input, want_grad=want_grad,
         )
-        grad = None
-        if want_grad:
-            grad = _detach(-weight * r * adv * xp.astype(active, weight.dtype))
+    if not numpy:
         metrics = {k: _detach(v) for k, v in metrics.items()}
+        grad = None if grad is None else _detach(grad)
     return _out(loss), grad, {k: _out(v) for k, v in metrics.items()}
+
+
+class _NoContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _out(x: Any) -> Any:

@@ -16,7 +16,12 @@ def test_table_certificate_recorded_and_within_tolerance(name, delta):
     table = band_table(name, delta=delta)
     assert 0.0 <= table.max_error <= TOLERANCE
     assert table.max_error == max(table.max_rel_error_upper, table.max_abs_error_lower)
-    assert table.n_checked >= 8 * table.n_pieces
+    # Eight checks inside every fitted piece (piece 0 is the [0, inf] sentinel below log(tiny)).
+    assert table.n_checked >= 8 * (table.n_pieces - 1)
+    # Newton steps for exact mode: certified to 1e-12, or none (safeguarded solver).
+    assert (table.polish_steps is None) == (table.polish_error > 1e-12)
+    if name == "kl":
+        assert table.polish_steps is not None
 
 
 @pytest.mark.parametrize("name,delta", CASES)
@@ -68,13 +73,28 @@ def test_unknown_mode():
         band_bounds(np.zeros(2) - 1.0, mode="approx")
 
 
-def test_large_input_exact_mode_uses_polish_and_stays_exact():
-    # Above the polishing size the exact mode starts from the table; compare with the
-    # safeguarded solver run on small slices.
+@pytest.mark.parametrize("name,delta", CASES + [("neyman_chi2", 0.05)])
+def test_large_input_exact_mode_uses_polish_and_stays_exact(name, delta):
+    # Above the polishing size the exact mode starts from the table and takes the
+    # certified Newton steps; compare with the safeguarded solver run on small slices
+    # (below the polishing size), at points independent of the table's grids.
     rng = np.random.default_rng(3)
-    logp = rng.uniform(np.log(1e-8), 0.0, 1 << 15)
-    big = band_bounds(logp, "kl", delta=0.05)
-    for chunk in np.array_split(np.arange(logp.size), 64)[:4]:
-        small = band_bounds(logp[chunk], "kl", delta=0.05)
+    n = 1 << 15
+    logp = np.concatenate([rng.uniform(np.log(1e-12), 0.0, n // 2),
+                           np.log1p(-np.exp(rng.uniform(np.log(1e-14), np.log(0.5), n // 2)))])
+    big = band_bounds(logp, name, delta=delta)
+    for chunk in np.array_split(np.arange(logp.size), 16)[::5]:
+        small = band_bounds(logp[chunk], name, delta=delta)
         np.testing.assert_allclose(big.upper[chunk], small.upper, rtol=1e-12)
         np.testing.assert_allclose(big.lower[chunk], small.lower, rtol=0, atol=1e-12)
+
+
+def test_fast_mode_float32_chunked_matches_exact():
+    # Larger than one chunk: the chunked driver writes every slice, in the input dtype.
+    rng = np.random.default_rng(5)
+    logp = rng.uniform(np.log(1e-8), 0.0, (3, 50_000)).astype(np.float32)
+    fast = band_bounds(logp, "kl", delta=0.05, mode="fast")
+    exact = band_bounds(logp.astype(np.float64), "kl", delta=0.05)
+    assert fast.upper.dtype == np.float32 and fast.upper.shape == logp.shape
+    np.testing.assert_allclose(fast.upper, exact.upper, rtol=2e-7)
+    np.testing.assert_allclose(fast.lower, exact.lower, rtol=0, atol=2e-7)
