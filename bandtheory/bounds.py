@@ -214,7 +214,19 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
     step_old = xp.full_like(a, math.inf)
     step = xp.full_like(a, math.inf)
     done = saturated | ~a_pos
+    # With early_exit (NumPy) converged entries are dropped from the working arrays once
+    # they are the majority, so a few slow tokens do not keep the whole batch iterating.
+    compact = early_exit and y.ndim == 1
+    y_out, active = (xp.asarray(y, copy=True), None) if compact else (None, None)
     for _ in range(_MAX_ITER):
+        if compact and y.shape[0] > 64 and 2 * int(xp.sum(done)) > y.shape[0]:
+            keep = ~done
+            if active is None:
+                active = xp.arange(y.shape[0])
+            y_out[active] = y
+            active = active[keep]
+            y, lo, hi, step_old, step, done = (v[keep] for v in (y, lo, hi, step_old, step, done))
+            a_safe, b, b_pos, b_safe = (v[keep] for v in (a_safe, b, b_pos, b_safe))
         value, deriv = _objective(xp, div, a_safe, b, b_pos, b_safe, y, slope_inf)
         above = ~(value <= delta)  # NaN or overflow counts as "beyond the root"
         hi = xp.where(above, xp.minimum(hi, y), hi)
@@ -237,6 +249,9 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
         done = done | converged
         if early_exit and bool(xp.all(done)):
             break
+    if active is not None:
+        y_out[active] = y
+        y = y_out
     y = xp.where(saturated, math.inf, y)
     return y
 
@@ -298,10 +313,10 @@ def _band64(xp, div, logp, delta, *, early_exit: bool, table=None):
     if table is not None:
         from .fast import _coefficients, _evaluate_parts, y_start_lower, y_start_upper
 
-        lower0, wm, xi = _evaluate_parts(xp, table, logp_safe, _coefficients(xp, table, logp))
+        lower0, v = _evaluate_parts(xp, table, logp_safe, _coefficients(xp, table, logp))
         k_lo, k_up = table.polish_steps
         numpy = is_numpy_array(logp)
-        y_up = _polish_side(xp, div, pbar, p, delta, y_start_upper(xp, wm, xi),
+        y_up = _polish_side(xp, div, pbar, p, delta, y_start_upper(xp, v, logp_safe),
                             safeguard=numpy, steps=k_up)
         y_lo = _polish_side(xp, div, p, pbar, delta, y_start_lower(xp, lower0),
                             safeguard=numpy, steps=k_lo)
@@ -324,9 +339,8 @@ def _fast64(xp, table, logp):
     """Fast-mode ``(lower, upper)`` from a certified table (float64 ``logp``)."""
     from .fast import _coefficients, _evaluate
 
-    # No clamp of logp: the logit uses |p - 1|, so rounding above 0 acts as p ~ 1.
-    lower, upper = _evaluate(xp, table, logp, coefs=_coefficients(xp, table, logp))
-    return xp.clip(lower, 0.0, 1.0), upper
+    # No clamp of logp: the coordinate uses |log p|, so rounding above 0 acts as p ~ 1.
+    return _evaluate(xp, table, logp, coefs=_coefficients(xp, table, logp))
 
 
 def _chunk_length(x) -> int:
@@ -339,31 +353,34 @@ def _chunk_length(x) -> int:
     return 1 << 62
 
 
-def _map_chunks(xp, fn, x):
-    """Apply ``fn`` (float64 1-D in, ``(lower, upper)`` float64 out) chunk by chunk.
+def _map_chunks(xp, fn, x, *others):
+    """Apply ``fn`` chunk by chunk: float64 1-D ``x`` (and 1-D slices of ``others``, arrays
+    of ``x``'s shape) in, a tuple of float64 1-D arrays out.
 
     The loop is over a static number of chunks (a function of the shape only); results
     are written into outputs of the input's dtype, so no float64 copy of the whole
-    batch is ever held.
+    batch is ever held. Returns the tuple of outputs, each of ``x``'s shape and dtype.
     """
     shape = tuple(x.shape)
     dtype = x.dtype
     flat = xp.reshape(x, (-1,))
+    flat_others = [xp.reshape(o, (-1,)) for o in others]
     n = int(flat.shape[0])
     chunk = _chunk_length(x)
     if n <= chunk:
-        lower, upper = fn(xp.astype(flat, xp.float64))
-        return xp.reshape(xp.astype(lower, dtype), shape), xp.reshape(xp.astype(upper, dtype), shape)
+        outs = fn(xp.astype(flat, xp.float64), *flat_others)
+        return tuple(xp.reshape(xp.astype(o, dtype), shape) for o in outs)
     from array_api_compat import device
 
-    lower = xp.empty((n,), dtype=dtype, device=device(x))
-    upper = xp.empty((n,), dtype=dtype, device=device(x))
+    results = None
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        lo, up = fn(xp.astype(flat[start:stop], xp.float64))
-        lower[start:stop] = lo
-        upper[start:stop] = up
-    return xp.reshape(lower, shape), xp.reshape(upper, shape)
+        outs = fn(xp.astype(flat[start:stop], xp.float64), *(o[start:stop] for o in flat_others))
+        if results is None:
+            results = [xp.empty((n,), dtype=dtype, device=device(x)) for _ in outs]
+        for res, o in zip(results, outs):
+            res[start:stop] = o
+    return tuple(xp.reshape(res, shape) for res in results)
 
 
 def band_bounds(

@@ -177,15 +177,24 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
         old = xp.where(mask, old, 0.0)
         adv = xp.where(mask, adv, 0.0)
 
-    band = scheme.bounds(old, check_input=False)
-    lower = _detach(band.lower)
-    upper = _detach(band.upper)
-    if lower.dtype != dtype:
-        lower, upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
-
     log_ratio = lp - old
     ratio = xp.exp(log_ratio)
-    obj = xp.minimum(ratio * adv, xp.clip(ratio, lower, upper) * adv)
+    biting = getattr(scheme, "biting_bound", None)
+    if biting is not None:
+        # Only one end can bind: upper for A > 0, lower for A < 0, and
+        # min(rA, clip(r, lower, upper) A) = min(rA, bA) with that end b.
+        bound = _detach(biting(old, adv > 0, check_input=False))
+        if bound.dtype != dtype:
+            bound = xp.astype(bound, dtype)
+        lower = upper = bound
+        obj = xp.minimum(ratio * adv, bound * adv)
+    else:
+        band = scheme.bounds(old, check_input=False)
+        lower = _detach(band.lower)
+        upper = _detach(band.upper)
+        if lower.dtype != dtype:
+            lower, upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
+        obj = xp.minimum(ratio * adv, xp.clip(ratio, lower, upper) * adv)
     if c is not None:
         obj = xp.where(adv < 0, xp.maximum(obj, c * adv), obj)
 
@@ -219,7 +228,8 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
     hit_dual = None
     if c is not None:
         # min(rA, clip(r)A) < cA for A < 0 exactly when max(r, clip(r)) > c.
-        hit_dual = (adv < 0) & (xp.maximum(r, xp.clip(r, lower, upper)) > c)
+        # With A < 0, max(r, clip(r, lower, upper)) = max(r, lower).
+        hit_dual = (adv < 0) & (xp.maximum(r, lower) > c)
     if mask is not None:
         hit_up = hit_up & mask
         hit_lo = hit_lo & mask

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from array_api_compat import is_numpy_array
+from array_api_compat import array_namespace, is_numpy_array
 
 from . import divergences as _div
 from .bounds import (
@@ -187,6 +187,19 @@ class BandScheme:
             old_log_prob, self.divergence, delta=self.delta, check_input=check_input,
             mode=self.mode,
         )
+
+    def biting_bound(self, old_log_prob: Any, positive: Any, *, check_input: bool = True) -> Any:
+        """``upper`` where ``positive`` (advantage ``> 0``), else ``lower``: the only end
+        that can bind a clipped surrogate. In fast mode one polynomial per token (see
+        :func:`bandtheory.fast.biting_bound`); in exact mode both ends are solved."""
+        if self.mode == "fast":
+            from .fast import biting_bound
+
+            return biting_bound(old_log_prob, positive, self.divergence, delta=self.delta,
+                                check_input=check_input)
+        band = self.bounds(old_log_prob, check_input=check_input)
+        xp = array_namespace(band.upper)
+        return xp.where(positive, band.upper, band.lower)
 
 
 def clip(*, eps: float = 0.2) -> FixedClip:

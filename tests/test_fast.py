@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bandtheory import band_bounds
-from bandtheory.fast import TOLERANCE, band_table
+from bandtheory.fast import TOLERANCE, _checks, band_table
 
 CASES = [("kl", 0.05), ("kl", 1e-3), ("tv", 0.1), ("chi2", 0.05), ("hellinger", 0.2), ("triangular", 1.0)]
 
@@ -16,8 +16,10 @@ def test_table_certificate_recorded_and_within_tolerance(name, delta):
     table = band_table(name, delta=delta)
     assert 0.0 <= table.max_error <= TOLERANCE
     assert table.max_error == max(table.max_rel_error_upper, table.max_abs_error_lower)
-    # Eight checks inside every fitted piece (piece 0 is the [0, inf] sentinel below log(tiny)).
-    assert table.n_checked >= 8 * (table.n_pieces - 1)
+    # 2 d + 3 checks in every fitted piece, both ends included (piece 0 is the [0, inf]
+    # sentinel below log(tiny)).
+    assert len(_checks(table.degree)) == 2 * table.degree + 3
+    assert table.n_checked >= (2 * table.degree + 3) * (table.n_pieces - 1)
     # Newton steps for exact mode: certified to 1e-12, or none (safeguarded solver).
     assert (table.polish_steps is None) == (table.polish_error > 1e-12)
     if name == "kl":
@@ -98,3 +100,47 @@ def test_fast_mode_float32_chunked_matches_exact():
     assert fast.upper.dtype == np.float32 and fast.upper.shape == logp.shape
     np.testing.assert_allclose(fast.upper, exact.upper, rtol=2e-7)
     np.testing.assert_allclose(fast.lower, exact.lower, rtol=0, atol=2e-7)
+
+
+# --------------------------------------------------------------------------------------
+# The biting end (what a clipped surrogate needs): one polynomial per token
+# --------------------------------------------------------------------------------------
+
+from bandtheory.fast import biting_bound  # noqa: E402
+
+EDGES = np.array([-np.inf, -800.0, -745.0, -40.0, -1e-300, -1e-17, 0.0])
+
+
+@pytest.mark.parametrize("name,delta", CASES + [("neyman_chi2", 0.05)])
+def test_biting_bound_is_the_right_end_of_the_exact_band(name, delta):
+    rng = np.random.default_rng(11)
+    logp = np.concatenate([rng.uniform(np.log(1e-9), 0.0, 3000),
+                           np.log1p(-np.exp(rng.uniform(np.log(1e-9), np.log(0.5), 1000))), EDGES])
+    positive = rng.random(logp.size) < 0.5
+    exact = band_bounds(logp, name, delta=delta)
+    got = biting_bound(logp, positive, name, delta=delta)
+    up, lo = got[positive], got[~positive]
+    ref_up, ref_lo = exact.upper[positive], exact.lower[~positive]
+    finite = np.isfinite(ref_up)
+    assert np.array_equal(np.isfinite(up), finite)
+    assert np.max(np.abs(up[finite] / ref_up[finite] - 1.0)) <= TOLERANCE
+    assert np.max(np.abs(lo - ref_lo)) <= TOLERANCE
+    assert np.all(lo >= 0.0) and np.all(up >= 1.0)
+
+
+def test_biting_bound_without_a_table_is_exact():
+    logp = np.log(np.array([1e-4, 0.05, 0.3, 0.9]))
+    positive = np.array([True, False, True, False])
+    exact = band_bounds(logp, "reverse_kl", delta=0.05)
+    got = biting_bound(logp, positive, "reverse_kl", delta=0.05)
+    np.testing.assert_array_equal(got, np.where(positive, exact.upper, exact.lower))
+
+
+def test_biting_bound_bad_input():
+    logp = np.log(np.array([0.1, 0.5]))
+    with pytest.raises(ValueError, match="positive must be a boolean array of shape"):
+        biting_bound(logp, np.array([True]), "kl")
+    with pytest.raises(ValueError, match="positive must be a boolean array"):
+        biting_bound(logp, np.array([1.0, -1.0]), "kl")
+    with pytest.raises(ValueError, match="log"):
+        biting_bound(np.array([0.5, -1.0]), np.array([True, False]), "kl")

@@ -157,3 +157,39 @@ def test_torch_float32_returns_tensors_on_device():
                                 scheme=schemes.band("kl", delta=0.05), check_input=False)
     assert loss.dtype == torch.float32 and loss.requires_grad
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in metrics.values())
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("c", [None, 3.0])
+def test_band_loss_equals_the_textbook_formula_with_exact_bounds(mode, c):
+    # The Band loss evaluates only the biting end; compare with the two-sided textbook
+    # formula min(rA, clip(r, lower, upper) A) on exact bounds, metrics included.
+    from bandtheory import band_bounds
+
+    rng = np.random.default_rng(21)
+    n = 50_000  # more than one chunk of the fast path
+    old = np.log(rng.uniform(1e-7, 1.0, n))
+    # Reflected, not clamped at 0: a clamped p_new = 1 gives r = 1/p, which ties with an
+    # upper bound that equals 1/p to rounding (KL, p > 0.998) and flips on a 1e-13 change.
+    new = -np.abs(old + rng.normal(0, 0.3, n))
+    adv = np.where(rng.random(n) < 0.1, 0.0, rng.normal(size=n))
+    scheme = schemes.band("kl", delta=0.05, mode=mode)
+    if c is not None:
+        scheme = schemes.dual_clip(scheme, c=c)
+    loss, grad, metrics = policy_loss_and_grad(new, old, adv, scheme=scheme)
+    band = band_bounds(old, "kl", delta=0.05)
+    r = np.exp(new - old)
+    obj = np.minimum(r * adv, np.clip(r, band.lower, band.upper) * adv)
+    hit_up = (adv > 0) & (r > band.upper)
+    hit_lo = (adv < 0) & (r < band.lower)
+    active = ~(hit_up | hit_lo)
+    if c is not None:
+        dual = (adv < 0) & (obj < c * adv)
+        obj = np.where(adv < 0, np.maximum(obj, c * adv), obj)
+        active &= ~dual
+        assert metrics["dual_clip_frac"] == pytest.approx(dual.mean(), abs=1e-4)
+    assert loss == pytest.approx(-obj.mean(), rel=1e-7)
+    assert metrics["clip_frac_upper"] == pytest.approx(hit_up.mean(), abs=1e-4)
+    assert metrics["clip_frac_lower"] == pytest.approx(hit_lo.mean(), abs=1e-4)
+    np.testing.assert_allclose(grad, -r * adv * active / n, rtol=1e-12,
+                               atol=1e-4 / n)  # a token within 1e-7 of an edge may flip

@@ -89,3 +89,23 @@ def test_no_host_sync_in_hot_path_with_check_input_false(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__bool__", forbid)
     for mode in ("exact", "fast"):
         band_bounds(x, "kl", delta=0.05, check_input=False, mode=mode)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_biting_bound_torch_large_chunked(dtype):
+    # More than one chunk, torch in, torch out; against the exact NumPy Band.
+    from bandtheory.fast import TOLERANCE, biting_bound
+
+    rng = np.random.default_rng(4)
+    logp = rng.uniform(np.log(1e-8), 0.0, 150_000)
+    positive = rng.random(logp.size) < 0.5
+    tdtype = getattr(torch, dtype)
+    x = torch.tensor(logp, dtype=tdtype)
+    got = biting_bound(x, torch.from_numpy(positive), "kl", delta=0.05)
+    assert isinstance(got, torch.Tensor) and got.dtype == tdtype and got.shape == x.shape
+    exact = band_bounds(x.double().numpy(), "kl", delta=0.05)
+    got = got.double().numpy()
+    tol = TOLERANCE if dtype == "float64" else TOLERANCE + 6e-8  # + float32 rounding
+    # Relative error for upper (A > 0), absolute for lower (A <= 0): the certificate's terms.
+    np.testing.assert_allclose(got[positive], exact.upper[positive], rtol=tol, atol=0)
+    np.testing.assert_allclose(got[~positive], exact.lower[~positive], rtol=0, atol=tol)
