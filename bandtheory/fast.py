@@ -84,7 +84,7 @@ _S_HI = 700.0
 # (degree, largest width) tried in order; the width shrinks so that the kinks are knots.
 _SPECS = ((2, 1.0 / 32.0), (2, 1.0 / 64.0), (3, 1.0 / 16.0), (3, 1.0 / 32.0))
 _PROBE = 40.0  # |s| range of the quick certifiability probe
-_MAX_POLISH_STEPS = 4
+_MAX_POLISH_STEPS = 6
 
 
 @dataclass(frozen=True, eq=False)
