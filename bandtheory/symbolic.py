@@ -768,6 +768,7 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
     r_star, r_star_note = _r_star(run, closed[0], slope, ceiling, r_star_outcome, r_star_eq)
     gain, gain_note = _gain(run, closed[1], slope, ceiling, r_star)
 
+    # The fields that have a LaTeX form, passed to Derivation once from here.
     items = {
         "f": f,
         "g": g,
@@ -785,24 +786,13 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
     latex = {key: (sp.latex(v) if v is not None else r"\text{none}") for key, v in items.items()}
     return Derivation(
         divergence=div.name,
-        f=f,
-        g=g,
-        upper=upper,
+        **items,
         upper_note=upper_note,
-        lower=lower,
         lower_note=lower_note,
-        upper_saturation=sat["upper"][1],
-        lower_saturation=sat["lower"][1],
-        upper_threshold=sat["upper"][2],
         upper_threshold_note=sat["upper"][3],
-        lower_threshold=sat["lower"][2],
         lower_threshold_note=sat["lower"][3],
-        r_star=r_star,
         r_star_note=r_star_note,
-        gain_limit=gain,
         gain_limit_note=gain_note,
-        series_upper=series_upper,
-        series_lower=series_lower,
         series_note=series_note,
         upper_saturation_value=sat["upper"][0],
         lower_saturation_value=sat["lower"][0],

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from . import FIGURES
 from . import data as _data
 from .style import (
     COLUMN_WIDTH,
@@ -33,16 +34,8 @@ from .style import (
     mpl_style,
 )
 
-__all__ = [
-    "ratio_bounds",
-    "probability_variation",
-    "clipping_region",
-    "all_divergences",
-    "saturation",
-    "tail_gain",
-    "small_delta",
-    "FIGURE_FUNCTIONS",
-]
+# One figure function per name of bandtheory.plotting.FIGURES, named after it.
+__all__ = [*FIGURES, "FIGURE_FUNCTIONS"]
 
 _P_LABEL = r"old probability $\pi_{old}(a\,|\,s)$"
 
@@ -80,6 +73,23 @@ def _fig1_frame(delta: float, eps_low: float, eps_high: float, n: int) -> pd.Dat
     return _data.bound_curves(schemes, p, simplex=True)
 
 
+def _fig1_axes(frame: pd.DataFrame, *, height: float, lower: str, upper: str,
+               ylim: tuple[float, float], ylabel: str, title: str):
+    """Figure and axes of a Fig. 1 panel: both bounds of every curve against ``p``.
+
+    Call inside :func:`mpl_style`; the caller adds the legend.
+    """
+    fig = _figure(COLUMN_WIDTH, height)
+    ax = fig.add_subplot()
+    _draw_bounds(ax, frame, lower, upper)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(_P_LABEL)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig, ax
+
+
 def ratio_bounds(*, delta: float = 0.1, eps_low: float = 0.2, eps_high: float = 0.28, n: int = 400):
     """Paper Fig. 1a: ratio bounds against the old probability.
 
@@ -98,14 +108,9 @@ def ratio_bounds(*, delta: float = 0.1, eps_low: float = 0.2, eps_high: float = 
     """
     frame = _fig1_frame(delta, eps_low, eps_high, n)
     with mpl_style():
-        fig = _figure(COLUMN_WIDTH, 2.6)
-        ax = fig.add_subplot()
-        _draw_bounds(ax, frame, "lower", "upper")
-        ax.set_xlim(0.0, 1.0)
-        ax.set_ylim(0.0, 4.0)
-        ax.set_xlabel(_P_LABEL)
-        ax.set_ylabel(r"ratio bound $\pi / \pi_{old}$")
-        ax.set_title(f"Ratio bounds (δ = {delta:g})")
+        fig, ax = _fig1_axes(frame, height=2.6, lower="lower", upper="upper", ylim=(0.0, 4.0),
+                             ylabel=r"ratio bound $\pi / \pi_{old}$",
+                             title=f"Ratio bounds (δ = {delta:g})")
         ax.legend(loc="upper right", ncol=1)
     return _attach(fig, bounds=frame)
 
@@ -129,15 +134,10 @@ def probability_variation(
     """
     frame = _fig1_frame(delta, eps_low, eps_high, n)
     with mpl_style():
-        fig = _figure(COLUMN_WIDTH, 3.1)
-        ax = fig.add_subplot()
-        _draw_bounds(ax, frame, "lower_var", "upper_var")
+        fig, ax = _fig1_axes(frame, height=3.1, lower="lower_var", upper="upper_var",
+                             ylim=(-1.0, 1.0), ylabel=r"probability variation $\pi - \pi_{old}$",
+                             title=f"Probability variation (δ = {delta:g})")
         ax.axhline(0.0, color="#333333", linewidth=0.5)
-        ax.set_xlim(0.0, 1.0)
-        ax.set_ylim(-1.0, 1.0)
-        ax.set_xlabel(_P_LABEL)
-        ax.set_ylabel(r"probability variation $\pi - \pi_{old}$")
-        ax.set_title(f"Probability variation (δ = {delta:g})")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2)
     return _attach(fig, bounds=frame)
 

@@ -49,15 +49,17 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
+def _check_int(name: str, value: Any, *, minimum: int, why: str = "") -> int:
+    """An integer ``>= minimum`` (environments and the runner's ``TrainConfig``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}{why}, got {value}")
     return int(value)
 
 
 def _check_real(name: str, value: Any, *, minimum: float = -math.inf, strict: bool = False) -> float:
+    """A finite real ``>= minimum`` (``> minimum`` if ``strict``), as ``float``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -66,6 +68,26 @@ def _check_real(name: str, value: Any, *, minimum: float = -math.inf, strict: bo
         rel = ">" if strict else ">="
         raise ValueError(f"{name} must be finite and {rel} {minimum:g}, got {value!r}")
     return value
+
+
+def _check_vocab(K: Any, zipf: Any) -> int:
+    """Vocabulary size and Zipf exponent of the initial policy (both environments)."""
+    K = _check_int("K", K, minimum=2)
+    _check_real("zipf", zipf, minimum=0.0, strict=True)
+    return K
+
+
+def _check_n_head(n_head: Any, K: int) -> int:
+    n_head = _check_int("n_head", n_head, minimum=0)
+    if n_head > K - 1:
+        raise ValueError(f"n_head must be in [0, K - 1 = {K - 1}], got {n_head}")
+    return n_head
+
+
+def _freeze_mean_reward(env: Any, mu: np.ndarray) -> None:
+    """Make ``mu`` read-only and store it as the frozen dataclass's ``mean_reward``."""
+    mu.setflags(write=False)
+    object.__setattr__(env, "mean_reward", mu)
 
 
 def zipf_logits(K: int, *, s: float) -> np.ndarray:
@@ -154,14 +176,11 @@ class Bandit:
     name = "bandit"
 
     def __post_init__(self) -> None:
-        K = _check_int("K", self.K, minimum=2)
-        _check_real("zipf", self.zipf, minimum=0.0, strict=True)
+        K = _check_vocab(self.K, self.zipf)
         best = _check_int("best_rank", self.best_rank, minimum=1)
         if best > K:
             raise ValueError(f"best_rank must be in [1, K={K}], got {best}")
-        n_head = _check_int("n_head", self.n_head, minimum=0)
-        if n_head > K - 1:
-            raise ValueError(f"n_head must be in [0, K - 1 = {K - 1}], got {n_head}")
+        n_head = _check_n_head(self.n_head, K)
         _check_real("noise", self.noise, minimum=0.0)
         _check_real("tail_max", self.tail_max, minimum=0.0)
         head = _check_real("head_reward", self.head_reward)
@@ -172,8 +191,7 @@ class Bandit:
         rng = np.random.default_rng(_check_int("layout_seed", self.layout_seed, minimum=0))
         mu = _tail_rewards(K, n_head, head_reward=head, tail_max=self.tail_max, rng=rng)
         mu[best - 1] = top
-        mu.setflags(write=False)
-        object.__setattr__(self, "mean_reward", mu)
+        _freeze_mean_reward(self, mu)
 
     # -- structure ---------------------------------------------------------------------
 
@@ -265,8 +283,7 @@ class Sequence:
     name = "sequence"
 
     def __post_init__(self) -> None:
-        K = _check_int("K", self.K, minimum=2)
-        _check_real("zipf", self.zipf, minimum=0.0, strict=True)
+        K = _check_vocab(self.K, self.zipf)
         ranks = tuple(self.target_ranks)
         if len(ranks) < 1:
             raise ValueError("target_ranks must name at least one position")
@@ -275,9 +292,7 @@ class Sequence:
             if r > K:
                 raise ValueError(f"target_ranks entries must be in [1, K={K}], got {r}")
         object.__setattr__(self, "target_ranks", tuple(int(r) for r in ranks))
-        n_head = _check_int("n_head", self.n_head, minimum=0)
-        if n_head > K - 1:
-            raise ValueError(f"n_head must be in [0, K - 1 = {K - 1}], got {n_head}")
+        n_head = _check_n_head(self.n_head, K)
         head = _check_real("head_reward", self.head_reward)
         if not (1.0 > head and 1.0 > self.tail_max):
             raise ValueError("head_reward and tail_max must be below the target reward 1, "
@@ -292,8 +307,7 @@ class Sequence:
         ])
         for t, r in enumerate(ranks):
             mu[t, r - 1] = 1.0
-        mu.setflags(write=False)
-        object.__setattr__(self, "mean_reward", mu)
+        _freeze_mean_reward(self, mu)
 
     # -- structure ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import numpy as np
 from .. import divergences as _div
 from .. import schemes as _schemes
 from ..bounds import Band
-from .envs import Bandit, Sequence as SequenceEnv, entropy, mass_count
+from .envs import Bandit, Sequence as SequenceEnv, _check_int, _check_real, entropy, mass_count
 
 __all__ = [
     "TrainConfig",
@@ -97,38 +97,22 @@ class TrainConfig:
     kl_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        _int("steps", self.steps, 0)
-        _int("group", self.group, 2, why=" (group-normalised advantages need two completions)")
-        _int("epochs", self.epochs, 1)
-        _int("minibatches", self.minibatches, 1)
+        _check_int("steps", self.steps, minimum=0)
+        _check_int("group", self.group, minimum=2,
+                   why=" (group-normalised advantages need two completions)")
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("minibatches", self.minibatches, minimum=1)
         if self.group % self.minibatches:
             raise ValueError(f"minibatches must divide group, got group={self.group}, "
                              f"minibatches={self.minibatches}")
-        _real("lr", self.lr, strict=True)
+        _check_real("lr", self.lr, minimum=0.0, strict=True)
         for name in ("beta1", "beta2"):
-            value = _real(name, getattr(self, name))
+            value = _check_real(name, getattr(self, name), minimum=0.0)
             if value >= 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        _real("adam_eps", self.adam_eps, strict=True)
-        _real("entropy_coef", self.entropy_coef)
-        _real("kl_coef", self.kl_coef)
-
-
-def _int(name: str, value: Any, minimum: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{why}, got {value}")
-    return int(value)
-
-
-def _real(name: str, value: Any, *, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (strict and value == 0):
-        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} 0, got {value!r}")
-    return value
+        _check_real("adam_eps", self.adam_eps, minimum=0.0, strict=True)
+        _check_real("entropy_coef", self.entropy_coef, minimum=0.0)
+        _check_real("kl_coef", self.kl_coef, minimum=0.0)
 
 
 # --------------------------------------------------------------------------------------
