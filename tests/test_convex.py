@@ -72,13 +72,86 @@ def test_dcp_agrees_with_band_bounds(name, k, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DCP_NAMES)
 def test_dcp_agrees_at_k1000_with_rare_tokens(name):
-    # K = 1000 Dirichlet: the rarest token has p ~ 2e-6 (jeffreys used to fail here).
-    # Neyman-type lower bounds (ratio ~ p/delta) of tokens below p = 1e-4 are resolved
-    # only to ~2e-6 (documented in bandtheory.convex): they get the rarest p >= 1e-4.
+    # K = 1000 Dirichlet: the rarest token has p ~ 2e-6 (jeffreys used to fail here;
+    # the Neyman-type lower bounds, ratio ~ p/delta, were off by ~2e-6 before the
+    # lower bound's gap tolerances were read in ratio units and the KKT refinement).
     pi = np.random.default_rng([3, 1000]).dirichlet(np.ones(1000))
     order = np.argsort(pi)
-    rare = order[0] if name not in ("neyman_chi2", "alpha(-1)") else order[pi[order] >= 1e-4][0]
-    _check_dcp(name, pi, np.array([order[-1], order[500], rare]), (0.05,))
+    _check_dcp(name, pi, np.array([order[-1], order[500], order[0]]), (0.05,))
+
+
+NEYMAN_TYPE = ["neyman_chi2", "alpha(-1)"]
+
+
+@pytest.mark.parametrize("name", NEYMAN_TYPE)
+def test_neyman_type_lower_bound_at_small_p(name):
+    # The lower bound of f with f(0+) = inf polynomially is a tiny ratio ~ p/delta whose
+    # token's cone t pi >= (pi - p)^2 has entries 1/r^2 apart. With the gap tolerances in
+    # masses the solver stopped with the rest of the distribution far from its optimal
+    # shape: alpha(-1) at p = 1e-4, delta = 1 was 1.8e-6 off, and 3e-6 at p = 1e-6.
+    rest = np.random.default_rng(1).dirichlet(np.ones(49))
+    bp = BandProblem(50, name)
+    for p in (1e-6, 1e-5, 1e-4, 3e-4, 1e-3):
+        pi = np.concatenate([[p], (1 - p) * rest])
+        for delta in (0.01, 0.05, 0.2, 1.0):
+            with warnings.catch_warnings():
+                # A status, not a value: the values are what this test checks.
+                warnings.simplefilter("ignore", convex.InaccurateSolutionWarning)
+                res = bp.solve(pi, 0, delta=delta)
+            ref = band_bounds(np.log(p), name, delta=delta)
+            assert abs(res.lower - ref.lower) <= _tol(ref.lower), (p, delta, res.lower, ref.lower)
+            assert abs(res.upper - ref.upper) <= _tol(ref.upper), (p, delta, res.upper, ref.upper)
+            # Exactly on the ball's edge, with the tiny ratio's relative precision kept.
+            assert abs(res.divergence_lower - delta) <= 1e-12 * delta
+            assert 0 < res.lower < 1
+
+
+@pytest.mark.parametrize("name", NEYMAN_TYPE)
+def test_neyman_type_validate_rows_at_k1000(name):
+    # The rows `bandtheory validate "alpha(-1)"` failed on (K = 1000 Dirichlet, the
+    # smallest token with p >= 1e-4, delta = 1, lower bound: 1.5e-6 and 2e-6 off).
+    bp = BandProblem(1000, name)
+    for seed in (0, 1, 2):
+        pi, idx = _dirichlet(1000, seed)
+        for delta in (0.2, 1.0):
+            res = bp.solve(pi, idx, delta=delta)
+            ref = band_bounds(np.log(pi[idx]), name, delta=delta)
+            np.testing.assert_array_less(np.abs(res.lower - ref.lower), _tol(ref.lower))
+            np.testing.assert_array_less(np.abs(res.upper - ref.upper), _tol(ref.upper))
+
+
+def test_lower_gap_tolerances_are_in_ratio_units():
+    options = {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 400}
+    scaled = convex._gap_in_ratio_units(options, 1e-3)
+    assert scaled["tol_gap_abs"] == pytest.approx(1e-12)
+    assert scaled["tol_gap_rel"] == pytest.approx(1e-12)
+    assert scaled["tol_feas"] == 1e-9 and scaled["max_iter"] == 400
+    assert options["tol_gap_abs"] == 1e-9  # the caller's mapping is left alone
+    # Floored where smaller tolerances end in "almost solved".
+    floored = convex._gap_in_ratio_units(options, 1e-7)["tol_gap_abs"]
+    assert floored == pytest.approx(1e-9 * convex._GAP_SCALE_MIN)
+    assert convex._gap_in_ratio_units(options, 1.0)["tol_gap_abs"] == 1e-9
+
+
+def test_kkt_refinement_reaches_the_optimum_from_a_poor_start():
+    # Start Newton from a feasible but clearly suboptimal point with a non-proportional
+    # rest (no help from the one-dimensional reduction): it must end on the exact root.
+    pi_old, _ = _dirichlet(30, 4)
+    i, delta = int(np.argmin(pi_old)), 0.3
+    div = divergences.get("alpha(-1)")
+    f2 = convex._second_derivative(div)
+    rng = np.random.default_rng(0)
+    for sign, side in ((1.0, "lower"), (-1.0, "upper")):
+        start = pi_old * rng.uniform(0.8, 1.25, pi_old.size)
+        start[i] = pi_old[i] * (0.5 if sign > 0 else 2.0)
+        start = convex._polish(div, pi_old, start / start.sum(), delta)
+        newton = convex._kkt_newton(div, f2, pi_old, start, delta, i, sign)
+        refined = convex._polish(div, pi_old, newton, delta)
+        ref = float(getattr(band_bounds(np.log(pi_old[i]), div, delta=delta), side))
+        assert abs(start[i] / pi_old[i] - ref) > 0.01 * ref  # the start is far off
+        assert refined[i] / pi_old[i] == pytest.approx(ref, rel=1e-12, abs=1e-14)
+        assert f_divergence(refined, pi_old, div) <= delta * (1 + 1e-12)
+    assert convex._second_derivative(divergences.get("tv")) is None  # f'' is a DiracDelta
 
 
 def test_saturated_sides_are_certified_without_a_solve():
@@ -251,6 +324,7 @@ def test_user_expression_goes_through_cutting_plane():
 
 
 @pytest.mark.slow
-def test_validate_default_grid_on_kl():
-    report = validate("kl")
+@pytest.mark.parametrize("name", ["kl", *NEYMAN_TYPE])
+def test_validate_default_grid(name):
+    report = validate(name)
     assert report.passed, report.format()
