@@ -3,23 +3,28 @@
 No maths here: every number comes from :mod:`bandtheory` (the registry, the schemes and
 the data builders of :mod:`bandtheory.plotting.interactive`); this module only caches
 those calls and renders their results.
+
+Importing this module costs only streamlit: bandtheory (and with it sympy), pandas and
+plotly are imported inside the helpers that use them, so a page can show its first
+elements (and the browser start loading their code) while the server imports them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import io
 import os
 import shutil
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pandas as pd
 import streamlit as st
 
-from bandtheory import divergences, schemes
-from bandtheory.plotting import data as pdata
-from bandtheory.plotting import interactive as ip
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bandtheory import divergences
 
 #: session_state key of the user divergences typed on the Lab page:
 #: ``{name: (expression, normalize)}``.
@@ -75,6 +80,8 @@ def parse_user(expression: str, name: str | None = None, normalize: bool = False
     Raises:
         ValueError: The parser's or checker's refusal (nothing in the text is executed).
     """
+    from bandtheory import divergences
+
     from_expression = getattr(divergences, "from_expression", None)
     if from_expression is None:
         raise ValueError("user divergences need bandtheory.divergences.from_expression (not installed)")
@@ -83,6 +90,8 @@ def parse_user(expression: str, name: str | None = None, normalize: bool = False
 
 def resolve(name: str, user: Sequence[tuple[str, str, bool]] = ()) -> divergences.Divergence:
     """A divergence by name: a built-in, ``alpha(a)``, or one of ``user`` (see :func:`user_items`)."""
+    from bandtheory import divergences
+
     for user_name, expression, normalize in user:
         if user_name == name:
             return parse_user(expression, user_name, normalize)
@@ -91,6 +100,8 @@ def resolve(name: str, user: Sequence[tuple[str, str, bool]] = ()) -> divergence
 
 def divergence_options() -> list[str]:
     """Names offered by the app: every built-in, then the session's user divergences."""
+    from bandtheory import divergences
+
     builtins = list(divergences.names())
     return builtins + [n for n in user_divergences() if n not in builtins]
 
@@ -107,6 +118,8 @@ def build_scheme(spec: tuple, user: Sequence[tuple[str, str, bool]] = ()) -> Any
     ``(eps_low, eps_high)`` and ``cap`` ``None`` or ``upper_max``; ``("clip", eps)``;
     ``("clip_higher", eps_low, eps_high)``; ``("dcpo", eps_low, eps_high)``.
     """
+    from bandtheory import schemes
+
     kind = spec[0]
     if kind == "band":
         _, name, delta, relax, cap = spec
@@ -132,15 +145,32 @@ def curves(specs: tuple, user: tuple, log_x: bool, n: int) -> pd.DataFrame:
     Both grids stop short of ``p = 1`` (a single point) and the linear one short of
     ``p = 0`` (where ``1/p`` is infinite).
     """
+    from bandtheory.plotting import data as pdata
+    from bandtheory.plotting import interactive as ip
+
     built = [build_scheme(spec, user) for spec in specs]
     grid = (pdata.p_grid(n=n, p_min=1e-8, p_max=1.0 - 1e-6, log=True) if log_x
             else pdata.p_grid(n=n, p_min=1e-3, p_max=1.0 - 1e-3))
     return ip.curves_frame(built, grid)
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def bands_figure(specs: tuple, user: tuple, log_x: bool, n: int, view: str, log_y: bool) -> Any:
+    """Cached :func:`bandtheory.plotting.interactive.bands_figure` of :func:`curves`.
+
+    One figure object per widget state, shared by the sessions: it is only read
+    (rendered and exported), never modified.
+    """
+    from bandtheory.plotting import interactive as ip
+
+    return ip.bands_figure(curves(specs, user, log_x, n), view=view, log_x=log_x, log_y=log_y)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def table(specs: tuple, user: tuple, view: str) -> pd.DataFrame:
     """Cached :func:`bandtheory.plotting.interactive.bounds_table` at :data:`TABLE_P`."""
+    from bandtheory.plotting import interactive as ip
+
     built = [build_scheme(spec, user) for spec in specs]
     return ip.bounds_table(built, ip.TABLE_P, view=view)
 
@@ -154,12 +184,11 @@ def table(specs: tuple, user: tuple, view: str) -> pd.DataFrame:
 def kaleido_status() -> tuple[bool, str]:
     """Whether kaleido can render static images here, and why not when it cannot.
 
-    Cheap check (no browser start): kaleido importable and a Chromium found.
+    Cheap check (no browser start, no import: it runs on the first page load): kaleido
+    installed and a Chromium found. A kaleido that fails later is reported by the button.
     """
-    try:
-        import kaleido  # noqa: F401
-    except ImportError as exc:
-        return False, f"kaleido is not installed ({exc})"
+    if importlib.util.find_spec("kaleido") is None:
+        return False, "kaleido is not installed"
     if os.environ.get("BROWSER_PATH"):
         path = os.environ["BROWSER_PATH"]
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -196,14 +225,35 @@ def _html_bytes(fig: Any) -> bytes:
     return buffer.getvalue().encode()
 
 
-def chart(fig: Any, data: pd.DataFrame | None, *, stem: str, key: str) -> None:
+def chart_placeholder(slot: Any, *, height: int, text: str) -> None:
+    """An empty chart of the given height showing ``text``, in ``slot`` (an ``st.empty``).
+
+    Shown before a page's first computation, to be replaced by the real chart: the
+    browser then loads and compiles its plotly code (several MB) while the server
+    imports the library and computes, instead of afterwards.
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure(layout=dict(
+        height=height, template={}, xaxis=dict(visible=False), yaxis=dict(visible=False),
+        annotations=[dict(text=text, showarrow=False, font=dict(size=14, color="#888888"))],
+    ))
+    slot.plotly_chart(fig, config={"displaylogo": False, "staticPlot": True}, theme=None)
+
+
+def chart(fig: Any, data: pd.DataFrame | Callable[[], pd.DataFrame] | None, *, stem: str, key: str) -> None:
     """Render a plotly figure with PNG, SVG (or HTML) and CSV download buttons.
 
     Images are rendered only when a button is clicked (deferred), so widget changes
     stay fast. When kaleido cannot run, the image buttons are disabled with the reason
-    and an HTML download is offered instead.
+    and an HTML download is offered instead. ``data`` (the CSV) may be a frame or a
+    function returning one, called only when the CSV button is clicked.
+
+    The chart keeps the figure's own template (``theme=None``), the library's style that
+    the PNG/SVG downloads show too; Streamlit's theme would restyle it in the browser on
+    every redraw (and turn on automatic axis margins, an extra layout pass).
     """
-    st.plotly_chart(fig, key=f"{key}_chart", config={"displaylogo": False})
+    st.plotly_chart(fig, key=f"{key}_chart", config={"displaylogo": False}, theme=None)
     ok, reason = kaleido_status()
     cols = st.columns(4)
     if ok:
@@ -218,7 +268,8 @@ def chart(fig: Any, data: pd.DataFrame | None, *, stem: str, key: str) -> None:
                                 mime="text/html", key=f"{key}_html", on_click="ignore",
                                 help=f"PNG/SVG unavailable: {reason}")
     if data is not None:
-        cols[2].download_button("CSV (data)", lambda: data.to_csv(index=False).encode(),
+        frame = data if callable(data) else (lambda: data)
+        cols[2].download_button("CSV (data)", lambda: frame().to_csv(index=False).encode(),
                                 file_name=f"{stem}.csv", mime="text/csv", key=f"{key}_csv",
                                 on_click="ignore")
 

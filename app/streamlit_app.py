@@ -4,6 +4,14 @@ Run with ``streamlit run app/streamlit_app.py`` (``make app`` serves it on 127.0
 This file holds the Bands page and the navigation to the other pages in ``app/pages/``.
 The page reads widgets, calls :mod:`bandtheory` (through the cached helpers of
 ``_common``) and renders; the URL's query parameters hold its state for sharing.
+
+Speed: importing this file costs only streamlit. On a session's first run the page
+shows its title, an empty chart and an empty table before it imports bandtheory,
+pandas and plotly and computes the bounds, so the browser loads and compiles the code
+of those elements (plotly alone is several MB) while the server works. Curves, figure
+and table are cached per widget state; on a rerun the table is sent before the chart.
+The chart is drawn with the library's own plotly template (``theme=None``), as in the
+PNG/SVG downloads.
 """
 
 from __future__ import annotations
@@ -19,8 +27,6 @@ if str(_APP_DIR) not in sys.path:
     sys.path.insert(0, str(_APP_DIR))
 
 import _common as common  # noqa: E402
-from bandtheory import divergences  # noqa: E402
-from bandtheory.plotting import interactive as ip  # noqa: E402
 
 #: The log-scale radius slider: 1, 1.5, 2, 3, 5, 7 per decade from 1e-3 to 1.
 DELTAS: tuple[float, ...] = tuple(
@@ -30,8 +36,12 @@ DELTAS: tuple[float, ...] = tuple(
 VIEW_LABELS = {"ratio": "ratio bounds", "variation": "probability variation p·(r−1)",
                "new_prob": "new-probability bounds p·r"}
 
-#: Divergences shown on a fresh session: every built-in of the registry.
-_DEFAULT_DIVS = tuple(divergences.names())
+
+def _views() -> dict[str, str]:
+    """The views of a bound frame (:data:`bandtheory.plotting.interactive.VIEWS`)."""
+    from bandtheory.plotting import interactive as ip
+
+    return dict(ip.VIEWS)
 
 
 def _nearest_delta(value: float) -> float:
@@ -50,38 +60,46 @@ def _parse_bool(text: str) -> bool | None:
     return {"1": True, "true": True, "0": False, "false": False}.get(str(text).lower())
 
 
-# (widget key, query name, default, parse(text) -> value or None, dump(value) -> text)
-_STATE = (
-    ("bands_divs", "div", list(_DEFAULT_DIVS),
-     lambda t: [s for s in (x.strip() for x in t.split(",")) if s] or None, lambda v: ",".join(v)),
-    ("bands_delta", "delta", common.DEFAULTS["delta"],
-     lambda t: (lambda v: None if v is None else _nearest_delta(v))(_parse_float(t, 1e-9, 1e9)), lambda v: f"{v:g}"),
-    ("bands_clip", "clip", True, _parse_bool, lambda v: str(int(v))),
-    ("bands_eps", "eps", common.DEFAULTS["eps"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
-    ("bands_ch", "ch", True, _parse_bool, lambda v: str(int(v))),
-    ("bands_eps_low", "eps_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
-    ("bands_eps_high", "eps_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 3.0), lambda v: f"{v:g}"),
-    ("bands_dcpo", "dcpo", False, _parse_bool, lambda v: str(int(v))),
-    ("bands_dcpo_low", "dcpo_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
-    ("bands_dcpo_high", "dcpo_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
-    ("bands_relax", "relax", False, _parse_bool, lambda v: str(int(v))),
-    ("bands_cap", "cap", False, _parse_bool, lambda v: str(int(v))),
-    ("bands_cap_max", "cap_max", 100.0, lambda t: _parse_float(t, 1.0, 1e6), lambda v: f"{v:g}"),
-    ("bands_view", "view", "ratio", lambda t: t if t in ip.VIEWS else None, str),
-    ("bands_x", "x", "linear", lambda t: t if t in ("linear", "log") else None, str),
-    ("bands_n", "n", 500, lambda t: (lambda v: None if v is None else int(v))(_parse_float(t, 50, 2000)), str),
-)
+def _state() -> tuple[tuple, ...]:
+    """(widget key, query name, default, parse(text) -> value or None, dump(value) -> text).
+
+    A function, not a constant: the defaults come from the registry, imported on first use.
+    """
+    from bandtheory import divergences
+
+    # A fresh session shows every built-in divergence of the registry.
+    return (
+        ("bands_divs", "div", list(divergences.names()),
+         lambda t: [s for s in (x.strip() for x in t.split(",")) if s] or None, lambda v: ",".join(v)),
+        ("bands_delta", "delta", common.DEFAULTS["delta"],
+         lambda t: (lambda v: None if v is None else _nearest_delta(v))(_parse_float(t, 1e-9, 1e9)), lambda v: f"{v:g}"),
+        ("bands_clip", "clip", True, _parse_bool, lambda v: str(int(v))),
+        ("bands_eps", "eps", common.DEFAULTS["eps"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
+        ("bands_ch", "ch", True, _parse_bool, lambda v: str(int(v))),
+        ("bands_eps_low", "eps_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 1.0), lambda v: f"{v:g}"),
+        ("bands_eps_high", "eps_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 3.0), lambda v: f"{v:g}"),
+        ("bands_dcpo", "dcpo", False, _parse_bool, lambda v: str(int(v))),
+        ("bands_dcpo_low", "dcpo_low", common.DEFAULTS["eps_low"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
+        ("bands_dcpo_high", "dcpo_high", common.DEFAULTS["eps_high"], lambda t: _parse_float(t, 0.0, 2.0), lambda v: f"{v:g}"),
+        ("bands_relax", "relax", False, _parse_bool, lambda v: str(int(v))),
+        ("bands_cap", "cap", False, _parse_bool, lambda v: str(int(v))),
+        ("bands_cap_max", "cap_max", 100.0, lambda t: _parse_float(t, 1.0, 1e6), lambda v: f"{v:g}"),
+        ("bands_view", "view", "ratio", lambda t: t if t in _views() else None, str),
+        ("bands_x", "x", "linear", lambda t: t if t in ("linear", "log") else None, str),
+        ("bands_n", "n", 500, lambda t: (lambda v: None if v is None else int(v))(_parse_float(t, 50, 2000)), str),
+    )
 
 
 def _init_state() -> None:
     """Widget values: kept in the session; on a fresh session, read from the URL."""
     saved = st.session_state.setdefault("_bands_saved", {})
+    state = _state()
     if not saved:
         params = st.query_params
-        for key, query, default, parse, _ in _STATE:
+        for key, query, default, parse, _ in state:
             value = parse(params[query]) if query in params else None
             saved[key] = default if value is None else value
-    for key, *_ in _STATE:
+    for key, *_ in state:
         if key not in st.session_state:
             st.session_state[key] = saved[key]
 
@@ -89,7 +107,7 @@ def _init_state() -> None:
 def _save_state() -> None:
     saved = st.session_state["_bands_saved"]
     query = {}
-    for key, name, _, _, dump in _STATE:
+    for key, name, _, _, dump in _state():
         saved[key] = st.session_state[key]
         query[name] = dump(st.session_state[key])
     if dict(st.query_params) != query:
@@ -152,9 +170,72 @@ def _specs() -> tuple[tuple, tuple, list[str]]:
     return tuple(specs), user, warnings
 
 
+def _slot(first: bool):
+    """A place in the page for a group of elements, filled later in the run.
+
+    On a session's first run an ``st.empty``, whose stand-in the real content replaces;
+    on reruns a plain container at the same place (an ``st.empty`` would clear the chart
+    at each rerun, and the browser would then draw it from scratch).
+    """
+    return st.empty() if first else st.container()
+
+
+def _fill(slot, first: bool):
+    """The container to write the real content of a :func:`_slot` into."""
+    return slot.container() if first else slot
+
+
+def _view_controls(box) -> None:
+    """The view, p-axis and value-axis widgets above the chart."""
+    cols = box.columns([2, 1, 1])
+    cols[0].radio("view", list(_views()), key="bands_view", horizontal=True,
+                  format_func=VIEW_LABELS.__getitem__)
+    cols[1].radio("p axis", ["linear", "log"], key="bands_x", horizontal=True)
+    cols[2].checkbox("log value axis", key="bands_logy",
+                     disabled=st.session_state["bands_view"] == "variation")
+
+
+def _table(table, view: str) -> None:
+    """The table of bounds (:func:`bandtheory.plotting.interactive.bounds_table`) with its title."""
+    shown = table.map(common.format_number)
+    shown.index = [f"{scheme} · {side}" for scheme, side in table.index]
+    st.subheader("Bounds at selected p")
+    st.table(shown)
+    st.caption(
+        f"{VIEW_LABELS[view].capitalize()} from bandtheory.schemes at the p shown. "
+        "The page's state is in the URL: copy it to share this view."
+    )
+
+
+def _results(specs: tuple, user: tuple, chart_slot, table_slot, first: bool) -> None:
+    """The table of bounds, then the chart (the table sits below the chart on the page).
+
+    Sent in this order, the browser shows the numbers at once and then draws the chart,
+    the slowest element of the page.
+    """
+    ss = st.session_state
+    log_x = ss["bands_x"] == "log"
+    view = ss["bands_view"]
+    log_y = bool(ss.get("bands_logy", False))
+    n = int(ss["bands_n"])
+    with _fill(table_slot, first):
+        _table(common.table(specs, user, view), view)
+    fig = common.bands_figure(specs, user, log_x, n, view, log_y)
+    with _fill(chart_slot, first):
+        common.chart(fig, lambda: common.curves(specs, user, log_x, n), stem=f"bands_{view}", key="bands")
+
+
 def bands_page() -> None:
-    """The Bands page: ratio bounds of every chosen scheme against the old probability."""
-    _init_state()
+    """The Bands page: ratio bounds of every chosen scheme against the old probability.
+
+    Widget values are read from the session state (every widget has a key), so the
+    widgets need not come first. On a session's first run they do, after the stand-ins
+    (module docstring), so that the browser loads their code while the server computes.
+    On a rerun the browser already shows the new value of the widget that changed, and
+    the widgets are sent after the results, so that the browser redraws the table and
+    the chart before it re-renders the controls.
+    """
+    ss = st.session_state
     st.title("Bands: trust-region ratio bounds")
     st.caption(
         "The Band of a token with old probability p is the interval of ratios r = π_new/π_old "
@@ -162,37 +243,33 @@ def bands_page() -> None:
         "tokens gain real probability. Solid lines: upper bounds; dashed: lower bounds; "
         "dotted grey: the simplex limits r = 0 and r = 1/p."
     )
-    _sidebar()
-    ss = st.session_state
-    cols = st.columns([2, 1, 1])
-    cols[0].radio("view", list(ip.VIEWS), key="bands_view", horizontal=True,
-                  format_func=VIEW_LABELS.__getitem__)
-    cols[1].radio("p axis", ["linear", "log"], key="bands_x", horizontal=True)
-    log_y = cols[2].checkbox("log value axis", key="bands_logy",
-                             disabled=ss["bands_view"] == "variation")
+    controls = st.container()
+    first = not ss.get("_bands_drawn")
+    chart_slot, table_slot = _slot(first), _slot(first)
+    if first:
+        common.chart_placeholder(chart_slot, height=540, text="computing the bounds…")
+    _init_state()
+    if first:
+        _sidebar()
+        with table_slot.container():
+            _table(common.table((), (), ss["bands_view"]), ss["bands_view"])  # header only
+        _view_controls(controls)
     specs, user, warnings = _specs()
-    for message in warnings:
-        st.warning(f"Skipped divergence {common.plain(message)}")
     _save_state()
-    if not specs:
-        st.info("Choose at least one divergence or fixed-clipping scheme in the sidebar.")
-        return
-
-    log_x = ss["bands_x"] == "log"
-    view = ss["bands_view"]
-    data = common.curves(specs, user, log_x, int(ss["bands_n"]))
-    fig = ip.bands_figure(data, view=view, log_x=log_x, log_y=log_y)
-    common.chart(fig, data, stem=f"bands_{view}", key="bands")
-
-    st.subheader("Bounds at selected p")
-    table = common.table(specs, user, view)
-    shown = table.map(common.format_number)
-    shown.index = [f"{scheme} · {side}" for scheme, side in table.index]
-    st.table(shown)
-    st.caption(
-        f"{VIEW_LABELS[view].capitalize()} from bandtheory.schemes at the p shown. "
-        "The page's state is in the URL: copy it to share this view."
-    )
+    try:
+        if specs:
+            _results(specs, user, chart_slot, table_slot, first)
+            ss["_bands_drawn"] = True
+        else:
+            chart_slot.info("Choose at least one divergence or fixed-clipping scheme in the sidebar.")
+            table_slot.empty()
+    finally:
+        # Even when the results fail, so that the controls stay on the page.
+        if not first:
+            _sidebar()
+            _view_controls(controls)
+    for message in warnings:
+        controls.warning(f"Skipped divergence {common.plain(message)}")
 
 
 def main() -> None:

@@ -7,8 +7,10 @@ and the numbers it shows equal independent truth: closed forms of THEORY.md sect
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,11 +183,7 @@ def test_bands_offers_the_sessions_user_divergences():
 
 
 def test_charts_fall_back_to_html_when_kaleido_cannot_run(monkeypatch):
-    sys.path.insert(0, str(ROOT / "app"))
-    try:
-        import _common
-    finally:
-        sys.path.remove(str(ROOT / "app"))
+    _common = _common_module()
     monkeypatch.setattr(_common, "kaleido_status", lambda: (False, "no Chromium found for kaleido"))
     at = _app().run()
     _no_exception(at)
@@ -215,6 +213,135 @@ def test_png_and_svg_export_with_kaleido():
     svg = _common._image_bytes(fig, "svg")()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in svg[:500]
+
+
+def _common_module():
+    sys.path.insert(0, str(ROOT / "app"))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(ROOT / "app"))
+    return _common
+
+
+def _chart_trace_names(at: AppTest) -> list[str]:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return [trace.get("name") for trace in json.loads(charts[0].proto.spec)["data"]]
+
+
+def test_bands_first_run_and_reruns_show_one_real_chart_and_one_table():
+    # The first run shows stand-ins while it computes; what remains is the real chart.
+    at = _app().run()
+    _no_exception(at)
+    n_schemes = len(divergences.names()) + 2  # every built-in, clip, Clip-Higher
+    names = _chart_trace_names(at)
+    assert len(names) == 2 * n_schemes + 2  # upper and lower of each, the simplex limits
+    assert names.count("Band kl (δ=0.05)") == 2 and names.count("simplex limits") == 2
+    assert len(at.table) == 1 and len(at.table[0].value) == 2 * n_schemes
+    for delta in (0.1, 0.07, 0.1):
+        at.select_slider(key="bands_delta").set_value(delta).run()
+        _no_exception(at)
+        assert f"Band kl (δ={delta:g})" in _chart_trace_names(at)
+        assert len(at.table) == 1 and len(at.table[0].value) == 2 * n_schemes
+    # On reruns the controls are sent after the results; they are all still there.
+    assert at.select_slider(key="bands_delta").value == 0.1
+    assert at.multiselect(key="bands_divs").value == list(divergences.names())
+    assert len(at.sidebar.slider) == 6 and len(at.radio) == 2
+
+
+def test_bands_controls_stay_when_the_results_fail(monkeypatch):
+    common = _common_module()
+    at = _app().run()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("table broken on purpose")
+
+    monkeypatch.setattr(common, "table", broken)
+    at.select_slider(key="bands_delta").set_value(0.1).run()
+    assert at.exception and "table broken on purpose" in at.exception[0].value
+    assert at.select_slider(key="bands_delta").value == 0.1
+    assert at.multiselect(key="bands_divs").value == list(divergences.names())
+    assert len(at.radio) == 2
+
+
+def test_app_helpers_and_the_package_import_lightly():
+    # The first page load waits for these imports: the app's helpers import only
+    # streamlit, and ``import bandtheory`` leaves symbolic and losses for first use.
+    code = "\n".join([
+        "import sys",
+        "sys.path.insert(0, 'app')",
+        "import _common",
+        "heavy = [m for m in ('bandtheory', 'numpy', 'pandas', 'sympy') if m in sys.modules]",
+        "assert not heavy, heavy",
+        "import bandtheory",
+        "lazy = [m for m in ('bandtheory.symbolic', 'bandtheory.losses', 'bandtheory.parsing') if m in sys.modules]",
+        "assert not lazy, lazy",
+        "from bandtheory import policy_loss, symbolic",
+        "import bandtheory.losses",
+        "assert policy_loss is bandtheory.losses.policy_loss",
+        "assert symbolic is sys.modules['bandtheory.symbolic'] is bandtheory.symbolic",
+        "assert set(bandtheory.__all__) <= set(dir(bandtheory))",
+    ])
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def _figure_schemes():
+    from bandtheory import schemes
+
+    return [schemes.band(name, delta=0.05) for name in divergences.names()] + [
+        schemes.clip(eps=0.2),
+        schemes.relax(schemes.band("kl", delta=0.1), eps_low=0.2, eps_high=0.28),
+    ]
+
+
+@pytest.mark.parametrize("view", ["ratio", "variation", "new_prob"])
+@pytest.mark.parametrize("log_x, log_y, title", [(False, False, None), (True, True, "a title")])
+def test_bands_figure_is_what_plotly_validation_gives(view, log_x, log_y, title):
+    # The figure is assembled without plotly's validators (speed); rebuilt through them
+    # it must be the same figure, property for property.
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from bandtheory.plotting import interactive as ip
+
+    p = np.geomspace(1e-6, 0.999, 60) if log_x else np.linspace(1e-3, 0.999, 60)
+    fig = ip.bands_figure(ip.curves_frame(_figure_schemes(), p), view=view, log_x=log_x, log_y=log_y, title=title)
+    validated = go.Figure(fig.to_dict())
+    assert json.loads(pio.to_json(fig)) == json.loads(pio.to_json(validated))
+    # Later edits of the returned figure are validated again.
+    with pytest.raises(ValueError):
+        fig.update_layout(not_a_layout_property=1)
+    with pytest.raises(ValueError):
+        fig.data[0].update(line_widht=3)
+
+
+def test_bands_figure_hover_shows_exact_bounds():
+    from bandtheory import schemes
+    from bandtheory.plotting import interactive as ip
+
+    p = np.linspace(1e-3, 0.999, 500)
+    fig = ip.bands_figure(ip.curves_frame([schemes.band("tv", delta=0.05), schemes.band("chi2", delta=0.05)], p))
+    traces = {(t.name, "upper" if "(upper)" in t.hovertemplate else "lower"): t for t in fig.data}
+    assert len(traces) == len(fig.data) == 6
+    tv_up, chi2_up = traces[("Band tv (δ=0.05)", "upper")], traces[("Band chi2 (δ=0.05)", "upper")]
+    np.testing.assert_array_equal(tv_up.x, p)
+    np.testing.assert_allclose(tv_up.y, [_tv_upper(x, 0.05) for x in p], rtol=1e-13)
+    np.testing.assert_allclose(chi2_up.y, [_chi2_upper(x, 0.05) for x in p], rtol=1e-13)
+    np.testing.assert_allclose(traces[("Band chi2 (δ=0.05)", "lower")].y, [_chi2_lower(x, 0.05) for x in p],
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(traces[("simplex limits", "upper")].y, 1.0 / p)
+    np.testing.assert_array_equal(traces[("simplex limits", "lower")].y, np.zeros_like(p))
+    # Hover: p to 6 and the bound to 10 significant digits, from the exact float64 data.
+    assert all("p=%{x:.6g}" in t.hovertemplate and "value=%{y:.10g}" in t.hovertemplate for t in fig.data)
+    assert all(np.asarray(t.y).dtype == np.float64 for t in fig.data)
+
+
+def test_empty_bounds_table_keeps_its_columns():
+    from bandtheory.plotting import interactive as ip
+
+    table = ip.bounds_table([], TABLE_P)
+    assert table.empty and list(table.columns) == [f"p={p:g}" for p in TABLE_P]
 
 
 # --------------------------------------------------------------------------------------

@@ -155,21 +155,35 @@ def _label(scheme: Any) -> str:
     return str(scheme.label)
 
 
-def _frame(curve: str, key: str, label: str, p: np.ndarray, lower: Any, upper: Any) -> pd.DataFrame:
-    lower = np.broadcast_to(np.asarray(lower, dtype=np.float64), p.shape)
-    upper = np.broadcast_to(np.asarray(upper, dtype=np.float64), p.shape)
+def _frame(
+    curves: Sequence[str],
+    keys: Sequence[str],
+    labels: Sequence[str],
+    p: np.ndarray,
+    lowers: Sequence[Any],
+    uppers: Sequence[Any],
+) -> pd.DataFrame:
+    """One bound frame for several curves over the same ``p``, curves in the order given.
+
+    Built column by column from concatenated arrays (one frame, no concat of per-curve
+    frames): the app rebuilds it on every widget change.
+    """
+    n = p.size
+    lower = np.concatenate([np.broadcast_to(np.asarray(v, dtype=np.float64), p.shape) for v in lowers])
+    upper = np.concatenate([np.broadcast_to(np.asarray(v, dtype=np.float64), p.shape) for v in uppers])
+    pp = np.tile(p, len(curves))
     return pd.DataFrame(
         {
-            "curve": curve,
-            "key": key,
-            "label": label,
-            "p": p,
+            "curve": np.repeat(np.asarray(curves, dtype=object), n),
+            "key": np.repeat(np.asarray(keys, dtype=object), n),
+            "label": np.repeat(np.asarray(labels, dtype=object), n),
+            "p": pp,
             "lower": lower,
             "upper": upper,
-            "lower_var": p * (lower - 1.0),
-            "upper_var": p * (upper - 1.0),
-            "lower_new": p * lower,
-            "upper_new": p * upper,
+            "lower_var": pp * (lower - 1.0),
+            "upper_var": pp * (upper - 1.0),
+            "lower_new": pp * lower,
+            "upper_new": pp * upper,
         },
         columns=list(BOUND_COLUMNS),
     )
@@ -185,7 +199,7 @@ def simplex_limits(p: Any) -> pd.DataFrame:
         A bound frame (columns :data:`BOUND_COLUMNS`) with curve id ``"simplex"``.
     """
     p = _as_p(p)
-    return _frame("simplex", "simplex", "simplex limits", p, 0.0, 1.0 / p)
+    return _frame(["simplex"], ["simplex"], ["simplex limits"], p, [0.0], [1.0 / p])
 
 
 def bound_curves(schemes: Mapping[str, Any] | Sequence[Any], p: Any, *, simplex: bool = False) -> pd.DataFrame:
@@ -216,13 +230,21 @@ def bound_curves(schemes: Mapping[str, Any] | Sequence[Any], p: Any, *, simplex:
     if not schemes:
         raise ValueError("need at least one scheme")
     log_p = np.log(p)
-    frames = []
+    curves, keys, labels, lowers, uppers = [], [], [], [], []
     for curve, scheme in schemes.items():
         band = scheme.bounds(log_p)
-        frames.append(_frame(str(curve), style_key(scheme), _label(scheme), p, band.lower, band.upper))
+        curves.append(str(curve))
+        keys.append(style_key(scheme))
+        labels.append(_label(scheme))
+        lowers.append(band.lower)
+        uppers.append(band.upper)
     if simplex:
-        frames.append(simplex_limits(p))
-    return pd.concat(frames, ignore_index=True)
+        curves.append("simplex")
+        keys.append("simplex")
+        labels.append("simplex limits")
+        lowers.append(0.0)
+        uppers.append(1.0 / p)
+    return _frame(curves, keys, labels, p, lowers, uppers)
 
 
 # --------------------------------------------------------------------------------------

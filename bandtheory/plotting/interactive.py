@@ -72,6 +72,22 @@ def _check_view(view: str) -> None:
         raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
 
 
+def _trusted_figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
+    """A figure from plain dicts in plotly's normalised form, built without validation.
+
+    Validating every property of a few dozen traces costs tens of milliseconds, which the
+    app would pay on each widget change. The dicts passed here are exactly what the
+    validators would produce (the app tests compare the two routes), so validation is
+    skipped while building and switched back on for any later edit of the figure (the
+    switch plotly itself uses for its built-in templates).
+    """
+    layout = dict(layout, template=_style.plotly_template().to_plotly_json())
+    fig = go.Figure(data=data, layout=layout, _validate=False)
+    for obj in (fig, fig.layout, *fig.data):
+        obj._validate = True
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # Bound curves and the table
 # --------------------------------------------------------------------------------------
@@ -114,20 +130,26 @@ def curves_frame(schemes: Sequence[Any], p: Any) -> pd.DataFrame:
 
 
 def bounds_table(schemes: Sequence[Any], p: Sequence[float] = TABLE_P, *, view: str = "ratio") -> pd.DataFrame:
-    """Bounds of each scheme at a few ``p``: rows ``(curve, side)``, one column per ``p``."""
+    """Bounds of each scheme at a few ``p``: rows ``(curve, side)``, one column per ``p``.
+
+    Without schemes the table has its columns and no rows.
+    """
     _check_view(view)
-    frame = curves_frame(schemes, np.asarray(p, dtype=np.float64))
+    p = np.asarray(p, dtype=np.float64)
+    columns = [f"p={value:g}" for value in p]
+    frame = curves_frame(schemes, p)
     if frame.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=columns, index=pd.MultiIndex.from_tuples([], names=["scheme", "side"]),
+                            dtype=np.float64)
     low, high = VIEW_COLUMNS[view]
-    rows = {}
-    for curve, group in frame.groupby("curve", sort=False):
-        rows[(curve, "lower")] = group[low].to_numpy()
-        rows[(curve, "upper")] = group[high].to_numpy()
-    columns = [f"p={value:g}" for value in frame["p"].iloc[: len(p)]]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["scheme", "side"])
-    return table
+    # A bound frame holds each curve's rows in the order of p, curves one after another.
+    curves = list(dict.fromkeys(frame["curve"]))
+    lower = frame[low].to_numpy().reshape(len(curves), p.size)
+    upper = frame[high].to_numpy().reshape(len(curves), p.size)
+    values = np.stack([lower, upper], axis=1).reshape(2 * len(curves), p.size)
+    index = pd.MultiIndex.from_tuples([(c, side) for c in curves for side in ("lower", "upper")],
+                                      names=["scheme", "side"])
+    return pd.DataFrame(values, index=index, columns=columns)
 
 
 # --------------------------------------------------------------------------------------
@@ -163,47 +185,50 @@ def bands_figure(
     """
     _check_view(view)
     low_col, high_col = VIEW_COLUMNS[view]
-    traces = []
+    traces: list[dict[str, Any]] = []
+
+    def line(x: Any, y: Any, *, name: str, group: str, side: str, color: str, width: float, dash: str,
+             hover: str) -> None:
+        # Copies: the figure must not share memory with the caller's frame.
+        traces.append(dict(
+            type="scatter", x=np.array(x, dtype=np.float64), y=np.array(y, dtype=np.float64), mode="lines",
+            name=name, legendgroup=group, showlegend=side == "upper",
+            line=dict(color=color, width=width, dash=dash),
+            hovertemplate=f"{hover} ({side})<br>p=%{{x:.6g}}<br>value=%{{y:.10g}}<extra></extra>",
+        ))
+
     curves = curves[curves["curve"] != "simplex"]
     if show_simplex and not curves.empty:
         limits = _data.simplex_limits(np.unique(curves["p"].to_numpy()))
         color = _style.color_for("simplex")
         for col, side in ((high_col, "upper"), (low_col, "lower")):
-            traces.append(go.Scatter(
-                x=limits["p"].to_numpy(), y=limits[col].to_numpy(), mode="lines", name="simplex limits",
-                legendgroup="simplex", showlegend=side == "upper",
-                line=dict(color=color, width=1.5, dash="dot"),
-                hovertemplate=f"simplex limit ({side})<br>p=%{{x:.6g}}<br>value=%{{y:.10g}}<extra></extra>",
-            ))
+            line(limits["p"].to_numpy(), limits[col].to_numpy(), name="simplex limits", group="simplex",
+                 side=side, color=color, width=1.5, dash="dot", hover="simplex limit")
     for curve, group in curves.groupby("curve", sort=False):
         color = _style.color_for(str(group["key"].iloc[0]))
         label = str(group["label"].iloc[0])
         p = group["p"].to_numpy()
         for col, side in ((high_col, "upper"), (low_col, "lower")):
-            traces.append(go.Scatter(
-                x=p, y=group[col].to_numpy(), mode="lines", name=label,
-                legendgroup=str(curve), showlegend=side == "upper",
-                line=dict(color=color, width=2, dash="solid" if side == "upper" else "dash"),
-                hovertemplate=f"<b>{label}</b> ({side})<br>p=%{{x:.6g}}<br>value=%{{y:.10g}}<extra></extra>",
-            ))
-    fig = go.Figure(data=traces)
+            line(p, group[col].to_numpy(), name=label, group=str(curve), side=side, color=color, width=2,
+                 dash="solid" if side == "upper" else "dash", hover=f"<b>{label}</b>")
     if y_range is None:
         y_range = {"ratio": (0.0, 3.0), "variation": (-0.6, 0.6), "new_prob": (0.0, 1.05)}[view]
-    yaxis: dict[str, Any] = dict(title=VIEWS[view])
+    yaxis: dict[str, Any] = dict(title=dict(text=VIEWS[view]))
     if log_y and view != "variation":
         yaxis["type"] = "log"
     else:
-        yaxis["range"] = list(y_range)
-    return _layout(
-        fig,
-        title=title,
-        xaxis=dict(title="old probability p = π_old(a|s)", type="log" if log_x else "linear",
+        yaxis["range"] = [float(v) for v in y_range]
+    layout: dict[str, Any] = dict(
+        xaxis=dict(title=dict(text="old probability p = π_old(a|s)"), type="log" if log_x else "linear",
                    exponentformat="power" if log_x else "B"),
         yaxis=yaxis,
         hovermode="closest",
         height=540,
         margin=dict(l=60, r=20, t=40 if title else 20, b=50),
     )
+    if title is not None:
+        layout["title"] = dict(text=title)
+    return _trusted_figure(traces, layout)
 
 
 # --------------------------------------------------------------------------------------
