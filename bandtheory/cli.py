@@ -129,7 +129,7 @@ def _run_figures(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from .plotting import FIGURES
-    from .plotting.figures import FIGURE_FUNCTIONS
+    from .plotting.figures import FIGURE_FUNCTIONS, freeze_layout
     from .plotting.style import mpl_style, save_metadata
 
     names = list(FIGURES) if not args.only else list(dict.fromkeys(args.only))
@@ -159,10 +159,7 @@ def _run_figures(args: argparse.Namespace) -> int:
         fig = FIGURE_FUNCTIONS[name](**options[name])
         # Saving inside the style too: hash salt, font embedding and dpi are read at save time.
         with mpl_style():
-            # Lay the figure out once and freeze it, so that every format (and every
-            # --format order) sees the same axes positions to the last bit.
-            fig.canvas.draw()
-            fig.set_layout_engine("none")
+            freeze_layout(fig)
             for fmt in formats:
                 path = out / f"{name}.{fmt}"
                 fig.savefig(path, format=fmt, dpi=args.dpi, metadata=save_metadata(fmt))

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from bandtheory import band_bounds, divergences, schemes
 from bandtheory.cli import main
@@ -217,9 +218,70 @@ def rendered():
     out = {}
     for name, fn in figures.FIGURE_FUNCTIONS.items():
         fig = fn()
-        fig.canvas.draw()  # everything actually renders with Agg
+        # A plain Figure's base canvas draws nothing: render for real with Agg (which
+        # also runs the layout engine).
+        FigureCanvasAgg(fig).draw()
         out[name] = fig
     return out
+
+
+def _inside(inner, outer, tol=1.0):
+    return (inner.x0 >= outer.x0 - tol and inner.y0 >= outer.y0 - tol
+            and inner.x1 <= outer.x1 + tol and inner.y1 <= outer.y1 + tol)
+
+
+def _overlap(a, b, tol=1.0):
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > tol and min(a.y1, b.y1) - max(a.y0, b.y0) > tol
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_layout_keeps_text_inside_and_legends_off_the_axes(rendered, name):
+    _check_layout(rendered[name], name)
+
+
+def _check_layout(fig, name):
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    # Everything drawn (labels, tick labels, legends, titles) lies inside the page:
+    # nothing is cut off when saved without bbox_inches="tight".
+    drawn = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+    assert _inside(drawn, page), f"{name}: drawn extent {drawn} leaves the figure {page}"
+    plain = [ax for ax in fig.axes if ax.name != "3d"]
+    # The layout engine ran: no panel sits at matplotlib's default subplot margins.
+    default = (0.125, 0.11, 0.9, 0.88)
+    for ax in plain:
+        pos = ax.get_position()
+        assert not np.allclose((pos.x0, pos.y0, pos.x1, pos.y1), default, atol=1e-3), name
+    for legend in fig.legends:  # figure legends must not cover a panel
+        box = legend.get_window_extent(renderer)
+        assert _inside(box, page), f"{name}: legend leaves the figure"
+        for ax in fig.axes:
+            assert not _overlap(box, ax.get_window_extent(renderer)), f"{name}: a legend covers a panel"
+    # A panel's axis labels and title stay off every other panel and its labels.
+    def labels(ax):
+        return [t.get_window_extent(renderer) for t in (ax.xaxis.label, ax.yaxis.label, ax.title)
+                if t.get_visible() and t.get_text().strip()]
+
+    for a in plain:
+        for b in plain:
+            if a is b:
+                continue
+            for box in labels(a):
+                assert not _overlap(box, b.get_window_extent(renderer)), f"{name}: a label covers a panel"
+                assert not any(_overlap(box, other) for other in labels(b)), f"{name}: labels collide"
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_frozen_layout_is_laid_out(name):
+    # `bandtheory figures` freezes the layout before saving (every format then has the
+    # same axes); what it freezes must be a real layout, not the default margins.
+    fig = figures.FIGURE_FUNCTIONS[name]()
+    with style.mpl_style():
+        figures.freeze_layout(fig)
+        before = [ax.get_position().bounds for ax in fig.axes]
+        FigureCanvasAgg(fig).draw()
+    assert [ax.get_position().bounds for ax in fig.axes] == before  # frozen: saving moves nothing
+    _check_layout(fig, name)
 
 
 def test_every_figure_renders(rendered):
