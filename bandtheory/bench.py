@@ -17,6 +17,15 @@ The losses are timed in the configuration a trainer's hot loop uses: float32 inp
 no response mask (a packed batch), ``agg="token-mean"``, ``check_input=False`` (the
 NaN / sign validation reads every value on the host; it is a debugging aid).
 
+Errors (``max err``) are against float64 references on the same tokens rounded to the
+input dtype: exact-mode bounds for the three Band methods (absolute error of ``lower``,
+relative of ``upper``; a NaN counts as infinite), the float64 clip loss for
+``clip_loss``, and the float64 loss with exact-mode bounds for ``band_loss`` (relative).
+The baseline is within its tolerance except where ``p`` rounds to 1 in the input dtype
+(``|log p| < 3e-8`` in float32; ~1 token in 1e6 of this mix): there ``1 - p = 0``
+makes its ``g`` NaN, every comparison fails and its lower bound collapses to 0, an
+error of ``exp(-delta)`` (0.95 at ``delta = 0.05``).
+
 Peak extra memory: ``tracemalloc`` for NumPy (it tracks NumPy's buffers); for torch CPU
 it is not measured (torch allocations are invisible to tracemalloc) and is reported as
 ``nan``.
@@ -24,11 +33,13 @@ it is not measured (torch allocations are invisible to tracemalloc) and is repor
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
+import sys
 import time
 import tracemalloc
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +48,7 @@ from .bounds import band_bounds
 from .fast import band_table
 from .losses import policy_loss
 
-__all__ = ["make_tokens", "baseline_kl_band", "run"]
+__all__ = ["make_tokens", "baseline_kl_band", "run", "add_arguments", "run_from_args", "main"]
 
 
 def make_tokens(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,31 +115,80 @@ def _peak_numpy(fn: Callable[[], Any]) -> float:
     return float(peak)
 
 
-def _max_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        rel = np.abs(a - b) / np.maximum(np.abs(b), 1.0)
-    rel = np.where(np.isfinite(b) | np.isfinite(a), rel, 0.0)
-    return float(np.nanmax(rel))
+def _band_err(lower: Any, upper: Any, truth: Any) -> float:
+    """Largest error of a Band against the truth: absolute for ``lower`` (in
+    ``[0, 1]``), relative for ``upper`` (up to ``1/p``). A non-finite value where the
+    truth is finite counts as an infinite error (``nanmax`` would hide it); equal
+    infinities count as exact."""
+    def err(a, b, relative):
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            e = np.abs(a - b) / (np.abs(b) if relative else 1.0)
+        e = np.where(a == b, 0.0, e)  # inf == inf
+        e = np.where(np.isnan(e), np.inf, e)
+        return float(e.max()) if e.size else 0.0
+
+    return max(err(lower, truth.lower, False), err(upper, truth.upper, True))
+
+
+def _loss_err(loss: Any, truth: float) -> float:
+    """Relative error of a loss value against the float64 reference (absolute if it is 0)."""
+    value = float(loss)
+    return abs(value - truth) / (abs(truth) if truth != 0.0 else 1.0)
 
 
 def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: int = 5,
         delta: float = 0.05, dtype: str = "float32", write: Callable[[str], None] = print
         ) -> list[dict[str, Any]]:
-    """Run the benchmark, print a table with ``write`` and return the rows."""
+    """Run the benchmark, print a table with ``write`` and return the rows.
+
+    Errors (the ``max_err`` of each row) are measured against references computed in
+    float64 on the tokens as the methods see them (rounded to ``dtype``): the Band
+    methods against exact-mode bounds (absolute on ``lower``, relative on ``upper``),
+    ``clip_loss`` against the float64 clip loss, ``band_loss`` (fast mode, ``dtype``)
+    against the float64 loss with exact-mode bounds (both relative). Where ``p`` rounds
+    to 1 in ``dtype`` the baseline's lower bound collapses to 0 (its ``g`` is NaN at
+    ``1 - p = 0``): an error of ``exp(-delta)`` (0.95 for 0.05), about one token in 1e6
+    of this mix in float32; elsewhere it is within its 1e-6 tolerance.
+
+    Args:
+        sizes: Numbers of tokens ``N`` (each ``>= 1``).
+        backends: ``"numpy"`` and / or ``"torch"`` (CPU, and CUDA when available).
+        repeats: Timed repeats per method (median); the baseline runs once at ``N >= 1e7``.
+        delta: KL radius of the Band.
+        dtype: Input dtype of the methods (``"float32"``, ``"float64"``, ...).
+        write: Where the table lines go.
+
+    Returns:
+        One dict per (size, backend, method): ``n``, ``backend``, ``method``,
+        ``seconds`` (median), ``x_baseline`` (baseline time / this time), ``max_err``,
+        ``peak_arrays64`` (peak extra memory in float64 arrays of ``N``; ``nan`` for
+        torch).
+    """
+    sizes = tuple(int(n) for n in sizes)
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be numbers of tokens >= 1, got {sizes}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     t0 = time.perf_counter()
     band_table("kl", delta=delta)
     build = time.perf_counter() - t0
     write(f"fast table build (kl, delta={delta:g}): {build * 1e3:.0f} ms (cached afterwards)")
     band_fast = schemes.band("kl", delta=delta, mode="fast")
+    band_exact = schemes.band("kl", delta=delta, mode="exact")
     clip = schemes.clip(eps=0.2)
     rows = []
     for n in sizes:
         old64, new64, adv64 = make_tokens(n)
-        # The truth is the exact Band of the tokens as the methods see them (rounded to dtype).
-        truth = band_bounds(old64.astype(dtype).astype(np.float64), "kl", delta=delta,
-                            check_input=False)
+        # The references use the tokens as the methods see them (rounded to dtype).
+        old_r, new_r, adv_r = (a.astype(dtype).astype(np.float64) for a in (old64, new64, adv64))
+        truth = band_bounds(old_r, "kl", delta=delta, check_input=False)
+        loss_truth = {
+            "clip_loss": policy_loss(new_r, old_r, adv_r, scheme=clip, check_input=False)[0],
+            "band_loss": policy_loss(new_r, old_r, adv_r, scheme=band_exact,
+                                     check_input=False)[0],
+        }
         for backend in backends:
             devices = ["cpu"]
             if backend == "torch":
@@ -140,58 +200,118 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
                 if torch.cuda.is_available():
                     devices.append("cuda")
             for dev in devices:
-                if backend == "numpy":
-                    conv = lambda a: a.astype(dtype)  # noqa: E731
-                    sync = lambda: None  # noqa: E731
-                else:
-                    conv = lambda a: torch.as_tensor(a, dtype=getattr(torch, dtype), device=dev)  # noqa: E731
-                    sync = (torch.cuda.synchronize if dev == "cuda" else (lambda: None))
-                old, new, adv = conv(old64), conv(new64), conv(adv64)
-                methods = {
-                    "baseline": lambda: baseline_kl_band(old, delta=delta),
-                    "exact": lambda: band_bounds(old, "kl", delta=delta, check_input=False),
-                    "fast": lambda: band_bounds(old, "kl", delta=delta, check_input=False, mode="fast"),
-                    "clip_loss": lambda: policy_loss(new, old, adv, scheme=clip, check_input=False),
-                    "band_loss": lambda: policy_loss(new, old, adv, scheme=band_fast, check_input=False),
-                }
-                times = {}
-                for name, fn in methods.items():
-                    np.seterr(all="ignore")
-                    reps = 1 if (name == "baseline" and n >= 10_000_000) else repeats
-                    fn()
-                    sync()
-
-                    def timed(fn=fn):
-                        fn()
-                        sync()
-
-                    times[name] = _time(timed, reps)
-                    out = fn() if name in ("baseline", "exact", "fast") else None
-                    err = math.nan
-                    if out is not None:
-                        lo, up = out
-                        lo = lo if backend == "numpy" else lo.float().cpu().numpy()
-                        up = up if backend == "numpy" else up.float().cpu().numpy()
-                        err = max(_max_err(lo, truth.lower), _rel_err(up, truth.upper))
-                    peak = _peak_numpy(fn) / (n * np.dtype(np.float64).itemsize) \
-                        if backend == "numpy" else math.nan
-                    row = dict(n=n, backend=f"{backend}-{dev}" if backend == "torch" else backend,
-                               method=name, seconds=times[name], max_err=err, peak_arrays64=peak)
-                    rows.append(row)
-                base = times["baseline"]
-                write(f"\nN={n:.0e}  {rows[-1]['backend']}  ({dtype} in)")
-                write(f"{'method':<10} {'median ms':>10} {'x baseline':>11} {'max err':>9} {'peak (f64 arrays of N)':>23}")
-                for row in rows[-len(methods):]:
-                    write(f"{row['method']:<10} {row['seconds'] * 1e3:>10.2f} {base / row['seconds']:>11.1f} "
-                          f"{row['max_err']:>9.1e} {row['peak_arrays64']:>23.2f}")
-                write(f"band_loss / clip_loss = {times['band_loss'] / times['clip_loss']:.2f}")
+                rows.extend(_measure(backend, dev, n, (old64, new64, adv64), truth, loss_truth,
+                                     repeats=repeats, delta=delta, dtype=dtype,
+                                     schemes_=(clip, band_fast), write=write))
     return rows
 
 
-def _rel_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    finite = np.isfinite(b)
+def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtype, schemes_,
+             write):
+    """Time, check and print the five methods on one backend and device."""
+    clip, band_fast = schemes_
+    old64, new64, adv64 = tokens
+    if backend == "numpy":
+        def conv(a):
+            return a.astype(dtype)
+
+        def sync():
+            return None
+    else:
+        import torch
+
+        def conv(a):
+            return torch.as_tensor(a, dtype=getattr(torch, dtype), device=dev)
+
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    old, new, adv = conv(old64), conv(new64), conv(adv64)
+    methods = {
+        "baseline": lambda: baseline_kl_band(old, delta=delta),
+        "exact": lambda: band_bounds(old, "kl", delta=delta, check_input=False),
+        "fast": lambda: band_bounds(old, "kl", delta=delta, check_input=False, mode="fast"),
+        "clip_loss": lambda: policy_loss(new, old, adv, scheme=clip, check_input=False)[0],
+        "band_loss": lambda: policy_loss(new, old, adv, scheme=band_fast, check_input=False)[0],
+    }
+    label = f"{backend}-{dev}" if backend == "torch" else backend
+    rows = []
+    # Overflow and 0/0 are intended in the baseline (p = 1, r = 0); silenced here only,
+    # not for the caller's process.
     with np.errstate(all="ignore"):
-        rel = np.abs(a[finite] - b[finite]) / np.abs(b[finite])
-    return float(rel.max()) if rel.size else 0.0
+        for name, fn in methods.items():
+            reps = 1 if (name == "baseline" and n >= 10_000_000) else repeats
+            out = fn()  # warm-up; its result is the one checked
+            sync()
+
+            def timed(fn=fn):
+                fn()
+                sync()
+
+            seconds = _time(timed, reps)
+            if name in loss_truth:
+                err = _loss_err(out, loss_truth[name])
+            else:
+                lo, up = out
+                if backend != "numpy":
+                    lo, up = lo.double().cpu().numpy(), up.double().cpu().numpy()
+                err = _band_err(lo, up, truth)
+            peak = _peak_numpy(fn) / (n * np.dtype(np.float64).itemsize) \
+                if backend == "numpy" else math.nan
+            rows.append(dict(n=n, backend=label, method=name, seconds=seconds, max_err=err,
+                             peak_arrays64=peak))
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["x_baseline"] = base / row["seconds"]
+    write(f"\nN={n:.0e}  {label}  ({dtype} in)")
+    write(f"{'method':<10} {'median ms':>10} {'x baseline':>11} {'max err':>9} "
+          f"{'peak (f64 arrays of N)':>23}")
+    for row in rows:
+        write(f"{row['method']:<10} {row['seconds'] * 1e3:>10.2f} {row['x_baseline']:>11.1f} "
+              f"{row['max_err']:>9.1e} {row['peak_arrays64']:>23.2f}")
+    write(f"band_loss / clip_loss = {rows[4]['seconds'] / rows[3]['seconds']:.2f}")
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Command line (``benchmarks/bench_band.py``; ``bandtheory bench`` takes the same options)
+# --------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the benchmark's options on ``parser``."""
+    parser.add_argument("--quick", action="store_true", help="N = 1e6 only")
+    parser.add_argument("--n", type=int, action="append", metavar="N",
+                        help="number of tokens (repeatable; overrides --quick)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
+
+
+def run_from_args(args: argparse.Namespace, *, write: Callable[[str], None] = print
+                  ) -> list[dict[str, Any]]:
+    """:func:`run` with the options of :func:`add_arguments`."""
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.n is not None:
+        if min(args.n) < 1:
+            raise ValueError(f"--n must be >= 1, got {min(args.n)}")
+        sizes = tuple(args.n)
+    else:
+        sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
+    backends = ("numpy", "torch") if args.backend == "both" else (args.backend,)
+    return run(sizes=sizes, backends=backends, repeats=args.repeats, write=write)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``benchmarks/bench_band.py``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="bench_band",
+        description="Benchmark baseline bisection, exact and fast Band, clip and Band-KL "
+        "losses on realistic tokens (numpy and torch).",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run_from_args(args)
+    except ValueError as exc:
+        print(f"bench_band: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -442,20 +442,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         description="Benchmark baseline bisection, exact and fast Band, clip and Band-KL "
         "losses on N = 1e6 and 1e7 realistic tokens (numpy and torch).",
     )
-    parser.add_argument("--quick", action="store_true", help="N = 1e6 only")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
-    parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
+    from . import bench
+
+    bench.add_arguments(parser)
     parser.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
-    backends = ("numpy", "torch") if args.backend == "both" else (args.backend,)
-    bench.run(sizes=sizes, backends=backends, repeats=args.repeats)
+    bench.run_from_args(args)
     return 0
 
 

@@ -60,15 +60,30 @@ def _detach(x: Any) -> Any:
     return x.detach() if is_torch_array(x) else x
 
 
+def _kind(x: Any) -> str:
+    """``"torch"``, ``"numpy"`` (NumPy arrays and Python sequences) or the type's name."""
+    if is_torch_array(x):
+        return "torch"
+    if is_numpy_array(x) or isinstance(x, (list, tuple, np.generic)):
+        return "numpy"
+    return type(x).__name__
+
+
+_ACCEPTED = "numpy arrays (or Python lists) or torch tensors, all of one kind"
+
+
 def _check_float(name: str, x: Any) -> Any:
     if isinstance(x, (list, tuple, float, int)) and not isinstance(x, bool):
-        x = np.asarray(x, dtype=np.float64)
-    try:
-        xp = array_namespace(x)
-    except TypeError as exc:
-        raise TypeError(
-            f"{name} must be a float array (numpy or torch), got {type(x).__name__}"
-        ) from exc
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{name} could not be read as a float array ({exc}); pass a rectangular "
+                "array of numbers"
+            ) from None
+    if not (is_numpy_array(x) or is_torch_array(x)):
+        raise TypeError(f"{name} must be a float array ({_ACCEPTED}), got {type(x).__name__}")
+    xp = array_namespace(x)
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(
             f"{name} must have a real floating dtype (float16/32/64, bfloat16), got {x.dtype}"
@@ -76,11 +91,51 @@ def _check_float(name: str, x: Any) -> Any:
     return x
 
 
+def _check_mask(response_mask: Any, kind: str, shape: tuple, dev: Any) -> Any:
+    """The mask as a boolean array of the inputs' kind, or a one-line error."""
+    if kind == "numpy" and isinstance(response_mask, (list, tuple)):
+        try:
+            response_mask = np.asarray(response_mask)
+        except ValueError as exc:
+            raise ValueError(f"response_mask could not be read as an array ({exc})") from None
+    mkind = _kind(response_mask)
+    if mkind != kind:
+        # Converting silently would hide a host <-> device copy (or a sync) in a hot loop.
+        cls = type(response_mask)
+        got = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        raise TypeError(
+            f"response_mask is a {got} but the inputs are {kind} arrays; pass {_ACCEPTED} "
+            "(bool, or numbers where nonzero means use the token)"
+        )
+    if tuple(response_mask.shape) != shape:
+        raise ValueError(
+            f"response_mask has shape {tuple(response_mask.shape)} but log_prob has shape "
+            f"{shape}; they must match"
+        )
+    if kind == "torch" and response_mask.device != dev:
+        raise ValueError(
+            f"response_mask is on {response_mask.device} but log_prob is on {dev}; "
+            "put every input on one device"
+        )
+    mxp = array_namespace(response_mask)
+    if mxp.isdtype(response_mask.dtype, "bool"):
+        return response_mask
+    if not mxp.isdtype(response_mask.dtype, ("integral", "real floating")):
+        raise TypeError(f"response_mask must be bool or real numbers, got {response_mask.dtype}")
+    return response_mask != 0
+
+
 def _prepare(log_prob, old_log_prob, advantages, response_mask, agg, check_input):
+    """Type, shape and (with ``check_input``) value checks at the public boundary."""
     log_prob = _check_float("log_prob", log_prob)
     old_log_prob = _check_float("old_log_prob", old_log_prob)
     advantages = _check_float("advantages", advantages)
-    xp = array_namespace(log_prob, old_log_prob, advantages)
+    kinds = {n: _kind(a) for n, a in
+             (("log_prob", log_prob), ("old_log_prob", old_log_prob), ("advantages", advantages))}
+    kind = kinds["log_prob"]
+    if len(set(kinds.values())) > 1:
+        got = ", ".join(f"{n} is {k}" for n, k in kinds.items())
+        raise TypeError(f"mixed array types ({got}); pass {_ACCEPTED}")
     shape = tuple(log_prob.shape)
     for name, arr in (("old_log_prob", old_log_prob), ("advantages", advantages)):
         if tuple(arr.shape) != shape:
@@ -88,37 +143,29 @@ def _prepare(log_prob, old_log_prob, advantages, response_mask, agg, check_input
                 f"{name} has shape {tuple(arr.shape)} but log_prob has shape {shape}; "
                 "all per-token inputs must have the same shape"
             )
+    dev = log_prob.device if kind == "torch" else None
+    if kind == "torch":
+        for name, arr in (("old_log_prob", old_log_prob), ("advantages", advantages)):
+            if arr.device != dev:
+                raise ValueError(
+                    f"{name} is on {arr.device} but log_prob is on {dev}; "
+                    "put every input on one device"
+                )
+    xp = array_namespace(log_prob, old_log_prob, advantages)
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown agg {agg!r}; choose one of {', '.join(AGGREGATIONS)}")
-    if agg != "token-mean" and len(shape) != 2:
+    empty = math.prod(shape) == 0
+    # ``[]`` (shape (0,)) is accepted as a batch of no sequences for every aggregation.
+    if agg != "token-mean" and len(shape) != 2 and not (empty and len(shape) == 1):
         raise ValueError(
             f"agg={agg!r} needs 2-D [batch, seq] inputs, got shape {shape}; "
             "use agg='token-mean' for other shapes"
         )
-    if response_mask is None:
-        mask = None  # every token counts: no masking work at all
-    else:
-        try:
-            mxp = array_namespace(response_mask)
-        except TypeError as exc:
-            raise TypeError(
-                f"response_mask must be an array (numpy or torch), got {type(response_mask).__name__}"
-            ) from exc
-        if tuple(response_mask.shape) != shape:
-            raise ValueError(
-                f"response_mask has shape {tuple(response_mask.shape)} but log_prob has shape "
-                f"{shape}; they must match"
-            )
-        mask = response_mask if mxp.isdtype(response_mask.dtype, "bool") else response_mask != 0
-    if check_input:
+    # mask None: every token counts, and no masking work is done at all.
+    mask = None if response_mask is None else _check_mask(response_mask, kind, shape, dev)
+    if check_input and not empty:
         _validate(xp, log_prob, old_log_prob, advantages, mask)
     return xp, log_prob, old_log_prob, advantages, mask
-
-
-def _device(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)
 
 
 def _validate(xp, log_prob, old_log_prob, advantages, mask):
@@ -151,25 +198,36 @@ def _resolve_c(scheme: Any, c: float | None) -> float | None:
     return c
 
 
-def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, check_input,
-          want_grad=False):
-    """Loss, metrics and (with ``want_grad``) the closed-form gradient.
+def _compute_dtype(xp: Any, *arrays: Any) -> Any:
+    """The working dtype: the inputs' common float dtype, at least float32.
+
+    Half precision cannot carry the loss: bfloat16 spaces numbers 2^-7 apart at 1, so
+    ratios within 0.4 % of 1 round to 1 (``approx_kl`` becomes 0), and float16 counts
+    and sums overflow at 65504.
+    """
+    cdt = xp.result_type(*(a.dtype for a in arrays))
+    if xp.finfo(cdt).bits < 32:
+        cdt = xp.float32
+    return cdt
+
+
+def _core(xp, log_prob, old_log_prob, advantages, mask, *, scheme, agg, c, want_grad=False):
+    """Loss, metrics and (with ``want_grad``) the closed-form gradient of checked inputs.
 
     Lean by design (this runs once per minibatch on millions of tokens): everything is
-    computed in the input dtype (the bounds come back in it too), a batch without a
-    mask skips every masking operation, and each metric is one reduction (counts of
-    boolean masks; ``approx_kl`` as ``mean(r) - 1 - mean(log r)``).
+    computed in the inputs' float dtype, promoted to at least float32 (the bounds come
+    back in it too), a batch without a mask skips every masking operation, and each
+    metric is one reduction (counts of boolean masks; ``approx_kl`` as
+    ``mean(r) - 1 - mean(log r)``). No value is read on the host.
     """
-    if scheme is None:
-        scheme = _clip_scheme(eps=0.2)
-    c = _resolve_c(scheme, c)
-    xp, log_prob, old_log_prob, advantages, mask = _prepare(
-        log_prob, old_log_prob, advantages, response_mask, agg, check_input
-    )
-    old = _detach(old_log_prob)
-    adv = _detach(advantages)
     dtype = log_prob.dtype
-    lp = log_prob
+    cdt = _compute_dtype(xp, log_prob, old_log_prob, advantages)
+    # The casts are differentiable in torch: the gradient reaches log_prob in its dtype.
+    lp = log_prob if log_prob.dtype == cdt else xp.astype(log_prob, cdt)
+    old = _detach(old_log_prob)
+    old = old if old.dtype == cdt else xp.astype(old, cdt)
+    adv = _detach(advantages)
+    adv = adv if adv.dtype == cdt else xp.astype(adv, cdt)
     if mask is not None:
         # Masked entries may hold padding garbage (NaN, -inf): neutralise them before use
         # so they cannot leak into the sums (or the gradient) through 0 * NaN.
@@ -184,16 +242,16 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
         # Only one end can bind: upper for A > 0, lower for A < 0, and
         # min(rA, clip(r, lower, upper) A) = min(rA, bA) with that end b.
         bound = _detach(biting(old, adv > 0, check_input=False))
-        if bound.dtype != dtype:
-            bound = xp.astype(bound, dtype)
+        if bound.dtype != cdt:
+            bound = xp.astype(bound, cdt)
         lower = upper = bound
         obj = xp.minimum(ratio * adv, bound * adv)
     else:
         band = scheme.bounds(old, check_input=False)
         lower = _detach(band.lower)
         upper = _detach(band.upper)
-        if lower.dtype != dtype:
-            lower, upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
+        if lower.dtype != cdt:
+            lower, upper = xp.astype(lower, cdt), xp.astype(upper, cdt)
         obj = xp.minimum(ratio * adv, xp.clip(ratio, lower, upper) * adv)
     if c is not None:
         obj = xp.where(adv < 0, xp.maximum(obj, c * adv), obj)
@@ -206,19 +264,23 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
         # token-mean and seq-mean-token-mean are both the plain mean here.
         loss = -xp.sum(obj) / (obj.shape[0] if agg == "seq-mean-token-sum" else n_tok)
     else:
-        maskf = xp.astype(mask, dtype)
+        maskf = xp.astype(mask, cdt)
         count = xp.sum(maskf)
         if agg == "token-mean":
             loss = -xp.sum(obj * maskf) / xp.maximum(count, xp.ones_like(count))
         else:
             per_seq = xp.sum(maskf, axis=1, keepdims=True)
-            n_seq = xp.sum(xp.astype(per_seq > 0, dtype))
+            n_seq = xp.sum(xp.astype(per_seq > 0, cdt))
             n_seq = xp.maximum(n_seq, xp.ones_like(n_seq))
             if agg == "seq-mean-token-mean":
                 per_tok = obj * (maskf / xp.maximum(per_seq, xp.ones_like(per_seq)))
             else:
                 per_tok = obj * maskf
             loss = -xp.sum(per_tok) / n_seq
+    if loss.dtype != dtype and not is_numpy_array(loss):
+        # torch returns the loss in log_prob's dtype (what mixed-precision training
+        # expects); NumPy returns a Python float, so it keeps the working precision.
+        loss = xp.astype(loss, dtype)
 
     # Metrics (no gradient). Clipping "bites" only on the side that limits the objective.
     r = _detach(ratio)
@@ -235,7 +297,9 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
         hit_lo = hit_lo & mask
         if hit_dual is not None:
             hit_dual = hit_dual & mask
-    fdt = xp.float64 if is_numpy_array(r) else dtype
+    # NumPy accumulates in float64 for free; torch keeps the working dtype (>= float32),
+    # whose pairwise / tree reductions lose ~1e-7 relative, and stays on the device.
+    fdt = xp.float64 if is_numpy_array(r) else cdt
     if mask is None:
         denom = float(max(n_tok, 1))
         r_sum, lr_sum, r_max = xp.sum(r, dtype=fdt), xp.sum(lr, dtype=fdt), xp.max(r)
@@ -264,9 +328,17 @@ def _core(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, 
         active = ~(hit_up | hit_lo)
         if hit_dual is not None:
             active = active & ~hit_dual
-        weight = _weights(xp, maskf, lp, agg, dtype)
-        grad = -weight * r * adv * xp.astype(active, dtype)
-    return xp, loss, grad, metrics
+        weight = _weights(xp, maskf, lp, agg, cdt)
+        grad = -weight * r * adv * xp.astype(active, cdt)
+        if grad.dtype != dtype:
+            grad = xp.astype(grad, dtype)
+    return loss, grad, metrics
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
 
 
 def _weights(xp, maskf, lp, agg, dtype):
@@ -282,12 +354,6 @@ def _weights(xp, maskf, lp, agg, dtype):
     if agg == "seq-mean-token-mean":
         return maskf / xp.maximum(per_seq, xp.ones_like(per_seq)) / n_seq
     return maskf / n_seq
-
-
-def _empty(xp, log_prob):
-    """The documented result for an empty batch: zero loss (kept on the graph), no metrics."""
-    loss = xp.sum(log_prob) * 0.0
-    return loss, {}
 
 
 def policy_loss(
@@ -317,41 +383,54 @@ def policy_loss(
     metrics for about half the cost of the bounds.
 
     Args:
-        log_prob: ``log pi`` of the sampled tokens, a float numpy array or torch tensor
-            (any shape for ``"token-mean"``, ``[batch, seq]`` for the ``seq-*``
-            aggregations). Differentiable in torch.
+        log_prob: ``log pi`` of the sampled tokens, a float numpy array, Python list or
+            torch tensor (any shape for ``"token-mean"``, ``[batch, seq]`` for the
+            ``seq-*`` aggregations; ``[]`` is an empty batch for every aggregation).
+            Differentiable in torch.
         old_log_prob: ``log pi_old``, same shape and array type; bounds are computed
             from it without gradient.
-        advantages: Advantage per token, same shape.
+        advantages: Advantage per token, same shape and array type.
         scheme: Any :mod:`bandtheory.schemes` scheme (``clip``, ``clip_higher``,
             ``dcpo``, ``band(..., mode=...)``, ``relax``/``cap`` of them, ``dual_clip``
             of them). Default: canonical ``clip(eps=0.2)``.
-        response_mask: Optional mask of the same shape (bool, or numbers where nonzero
-            means "use this token"). Masked-out entries are ignored, whatever they hold.
+        response_mask: Optional mask of the same shape and array type as the inputs
+            (numpy or a list with numpy / list inputs, a tensor on the same device with
+            torch inputs; bool, or numbers where nonzero means "use this token"). A
+            numpy mask is never moved into torch (or back): that would hide a
+            host-device copy. Masked-out entries are ignored, whatever they hold.
         agg: ``"token-mean"``, ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum"``.
         c: Dual-clip constant ``> 1`` for negative advantages; ``None`` takes it from a
             :func:`bandtheory.schemes.dual_clip` scheme, or disables dual clipping.
         check_input: Check the unmasked values for NaN, ``+inf``, positive
             log-probabilities, ``-inf`` old log-probabilities and non-finite advantages.
             This reads the values on the host (a device synchronisation); pass
-            ``False`` in a GPU hot loop. Shape and dtype checks always run (no sync).
+            ``False`` in a GPU hot loop. Type, shape and device checks always run
+            (no sync); with ``False`` the call reads no value on the host at all.
 
     Returns:
-        ``(loss, metrics)``. For torch, ``loss`` is a 0-d tensor on the input's device
-        (with gradient wrt ``log_prob``) and the metrics are detached 0-d tensors (no
-        host synchronisation). For numpy, ``loss`` and the metrics are Python floats.
+        ``(loss, metrics)``. For torch, ``loss`` is a 0-d tensor of ``log_prob``'s dtype
+        on its device (with gradient wrt ``log_prob``) and the metrics are detached 0-d
+        tensors of the working dtype (no host synchronisation). For numpy, ``loss`` and
+        the metrics are Python floats (of the working precision). The arithmetic runs
+        in the inputs' common float dtype promoted to at least float32 (float16 and
+        bfloat16 inputs are upcast: half precision rounds ratios near 1 to 1 and
+        overflows counts above 65504); NumPy metrics accumulate in float64.
         Metrics: ``clip_frac_upper`` (A > 0 and r > upper), ``clip_frac_lower``
         (A < 0 and r < lower), ``clip_frac`` (their sum), ``dual_clip_frac`` (A < 0
         and the dual clip ``c A`` binds), ``ratio_mean``, ``ratio_max``, ``approx_kl``
         (mean of ``r - 1 - log r``, an estimator of KL(pi_old || pi)); fractions and
-        means are over unmasked tokens. An empty batch (no elements) gives loss ``0``
-        (connected to the graph in torch) and an empty metrics dict; a batch whose
-        tokens are all masked gives loss ``0`` and zero metrics.
+        means are over unmasked tokens. An empty batch (no elements; any aggregation,
+        with or without a mask) gives loss ``0`` (connected to the graph in torch) and
+        an empty metrics dict; a batch whose tokens are all masked gives loss ``0`` and
+        zero metrics.
 
     Raises:
-        TypeError: Integer/boolean or non-array inputs, a non-numeric ``c``.
-        ValueError: Mismatched shapes, unknown ``agg``, ``seq-*`` with non-2-D input,
-            ``c <= 1``, and (with ``check_input``) bad values as listed above.
+        TypeError: Integer/boolean or non-array inputs, inputs (mask included) of mixed
+            array types (numpy with torch), a non-bool non-numeric mask, a non-numeric
+            ``c``.
+        ValueError: Mismatched shapes or devices, ragged lists, unknown ``agg``,
+            ``seq-*`` with non-2-D input, ``c <= 1``, and (with ``check_input``) bad
+            values as listed above.
     """
     loss, _, metrics = _run(
         log_prob, old_log_prob, advantages, scheme=scheme, response_mask=response_mask,
@@ -386,8 +465,8 @@ def policy_loss_and_grad(
             As in :func:`policy_loss`.
 
     Returns:
-        ``(loss, grad, metrics)`` with ``grad`` an array like ``log_prob`` (detached in
-        torch), zero on masked tokens.
+        ``(loss, grad, metrics)`` with ``grad`` an array like ``log_prob`` (its dtype;
+        detached in torch), zero on masked tokens.
     """
     return _run(
         log_prob, old_log_prob, advantages, scheme=scheme, response_mask=response_mask,
@@ -397,19 +476,24 @@ def policy_loss_and_grad(
 
 def _run(log_prob, old_log_prob, advantages, *, scheme, response_mask, agg, c, check_input,
          want_grad):
-    size = getattr(log_prob, "size", None)
-    size = size() if callable(size) and is_torch_array(log_prob) else size
-    if size is not None and (math.prod(log_prob.shape) == 0):
-        # Shapes are still checked so that an empty batch cannot hide a bug.
-        xp, log_prob, *_ = _prepare(log_prob, old_log_prob, advantages, response_mask, agg, False)
-        loss, metrics = _empty(xp, log_prob)
-        grad = xp.zeros_like(_detach(log_prob))
-        return (_out(loss), grad, metrics) if want_grad else (_out(loss), None, metrics)
-    numpy = is_numpy_array(log_prob) or isinstance(log_prob, (list, tuple))
+    if scheme is None:
+        scheme = _clip_scheme(eps=0.2)
+    c = _resolve_c(scheme, c)
+    # Shapes and types are checked for an empty batch too, so that it cannot hide a bug.
+    xp, log_prob, old_log_prob, advantages, mask = _prepare(
+        log_prob, old_log_prob, advantages, response_mask, agg, check_input
+    )
+    numpy = is_numpy_array(log_prob)
+    if math.prod(tuple(log_prob.shape)) == 0:
+        # The documented empty result: zero loss, kept on the graph in torch (so that
+        # ``loss.backward()`` works unchanged), and no metrics (there is nothing to count).
+        loss = xp.sum(log_prob) * 0.0
+        grad = xp.zeros_like(_detach(log_prob)) if want_grad else None
+        return _out(loss), grad, {}
     with np.errstate(all="ignore") if numpy else _NoContext():
-        xp, loss, grad, metrics = _core(
-            log_prob, old_log_prob, advantages, scheme=scheme, response_mask=response_mask,
-            agg=agg, c=c, check_input=check_input, want_grad=want_grad,
+        loss, grad, metrics = _core(
+            xp, log_prob, old_log_prob, advantages, mask, scheme=scheme, agg=agg, c=c,
+            want_grad=want_grad,
         )
     if not numpy:
         metrics = {k: _detach(v) for k, v in metrics.items()}

@@ -1,11 +1,12 @@
-"""Benchmark of the Band evaluators and losses; same code as ``bandtheory bench``.
+"""Benchmark of the Band evaluators and losses (the code of ``bandtheory bench``).
 
-Usage: ``python benchmarks/bench_band.py [--quick] [--repeats N] [--backend numpy|torch|both]``.
+Usage: ``python benchmarks/bench_band.py [--quick] [--n N ...] [--repeats R]
+[--backend numpy|torch|both]``.
 """
 
 import sys
 
-from bandtheory.cli import main
+from bandtheory.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

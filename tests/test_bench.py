@@ -1,0 +1,124 @@
+"""The Band benchmark at a tiny N: every row present, finite, and errors as documented.
+
+Speed is not asserted here (a benchmark is not a test); only the shape of the report
+and the accuracy figures, which do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bandtheory import band_bounds, bench, cli
+
+METHODS = ["baseline", "exact", "fast", "clip_loss", "band_loss"]
+DELTA = 0.05
+
+
+def _check_rows(rows, backend, n):
+    mine = [r for r in rows if r["backend"] == backend and r["n"] == n]
+    assert [r["method"] for r in mine] == METHODS
+    for r in mine:
+        assert r["seconds"] > 0 and math.isfinite(r["seconds"]), r
+        assert r["x_baseline"] > 0 and math.isfinite(r["x_baseline"]), r
+        assert math.isfinite(r["max_err"]) and r["max_err"] >= 0, r
+    err = {r["method"]: r["max_err"] for r in mine}
+    # Baseline: bisection to a bracket width of 1e-6 (the midpoint is within 5e-7), plus
+    # float32 rounding; no token of these N has p rounding to 1 (checked below).
+    assert 1e-8 < err["baseline"] <= 1e-6
+    # exact and fast: the float32 rounding of the output (6e-8) on top of <= 1e-7 / 1e-12.
+    assert err["exact"] <= 1.2e-7 and err["fast"] <= 2e-7
+    # Losses against float64 (band_loss: fast float32 vs exact float64 bounds): float32
+    # sums of terms of both signs leave ~1e-7 relative.
+    assert err["clip_loss"] <= 1e-5 and err["band_loss"] <= 1e-5
+    return mine
+
+
+def _check_table(text, backend):
+    assert f"{backend}  (float32 in)" in text
+    for method in METHODS:
+        line = next(ln for ln in text.splitlines() if ln.startswith(method + " "))
+        assert "nan" not in line.split()[:4], line  # time, ratio and error are numbers
+    assert "band_loss / clip_loss = " in text
+
+
+def test_run_python_api_numpy_and_torch():
+    pytest.importorskip("torch")
+    settings = np.geterr()
+    lines = []
+    rows = bench.run(sizes=(10_000,), backends=("numpy",), repeats=1, delta=DELTA,
+                     write=lines.append)
+    # torch CPU's exact mode below 32768 tokens iterates a fixed number of times (no
+    # early exit without a host read), so its tiny run uses fewer tokens.
+    rows += bench.run(sizes=(1_000,), backends=("torch",), repeats=1, delta=DELTA,
+                      write=lines.append)
+    assert np.geterr() == settings  # floating-point warnings are silenced locally only
+    _check_rows(rows, "numpy", 10_000)
+    _check_rows(rows, "torch-cpu", 1_000)
+    text = "\n".join(lines)
+    _check_table(text, "numpy")
+    _check_table(text, "torch-cpu")
+    for r in rows:
+        if r["backend"] == "numpy":
+            assert math.isfinite(r["peak_arrays64"]) and r["peak_arrays64"] > 0
+        else:
+            assert math.isnan(r["peak_arrays64"])  # documented: not measured for torch
+    old32 = bench.make_tokens(10_000)[0].astype(np.float32)
+    assert np.all(np.exp(old32) < 1.0)  # the premise of the baseline's small error above
+
+
+def test_baseline_error_is_large_where_p_rounds_to_one():
+    # |log p| < 3e-8 rounds p to 1 in float32: 1 - p = 0, the baseline's g is NaN, every
+    # comparison fails and its lower bound collapses to 0 while the exact lower bound
+    # (computed from log p, which keeps 1 - p) is ~exp(-delta): an error of 0.95.
+    old = np.array([-1e-9, -2e-8, -0.01, -3.0], dtype=np.float32)
+    with np.errstate(all="ignore"):
+        lower, upper = bench.baseline_kl_band(old, delta=DELTA)
+    truth = band_bounds(old.astype(np.float64), "kl", delta=DELTA)
+    assert lower[0] < 1e-6 and lower[1] < 1e-6
+    assert truth.lower[0] == pytest.approx(math.exp(-DELTA), abs=1e-6)
+    assert bench._band_err(lower, upper, truth) == pytest.approx(math.exp(-DELTA), abs=1e-6)
+    # Away from p = 1 it is within its tolerance.
+    assert bench._band_err(lower[2:], upper[2:], _slice(truth, 2)) <= 1e-6
+
+
+def _slice(band, start):
+    return type(band)(band.lower[start:], band.upper[start:])
+
+
+def test_band_error_counts_nan_as_infinite():
+    truth = band_bounds(np.log([0.5, 0.1]), "kl", delta=DELTA)
+    assert bench._band_err(truth.lower, truth.upper, truth) == 0.0
+    bad_upper = np.array([np.nan, truth.upper[1]])
+    assert bench._band_err(truth.lower, bad_upper, truth) == math.inf
+
+
+def test_bench_script_cli_with_n(capsys):
+    # benchmarks/bench_band.py is a two-line wrapper around bench.main.
+    assert bench.main(["--n", "10000", "--repeats", "1", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "N=1e+04  numpy" in out
+    _check_table(out, "numpy")
+    assert bench.main(["--n", "0", "--backend", "numpy"]) == 2
+    assert "--n must be >= 1" in capsys.readouterr().err
+
+
+def test_bandtheory_bench_cli(monkeypatch, capsys):
+    # The command line's wiring (options -> bench.run) with the size shrunk: --quick
+    # means N = 1e6, which is a benchmark, not a test.
+    seen = {}
+    original = bench.run
+
+    def tiny_run(**kwargs):
+        seen.update(kwargs)
+        return original(**{**kwargs, "sizes": (10_000,)})
+
+    monkeypatch.setattr(bench, "run", tiny_run)
+    assert cli.main(["bench", "--quick", "--repeats", "1", "--backend", "numpy"]) == 0
+    assert seen["sizes"] == (1_000_000,) and seen["backends"] == ("numpy",)
+    assert seen["repeats"] == 1
+    out = capsys.readouterr().out
+    assert "fast table build (kl, delta=0.05)" in out
+    _check_table(out, "numpy")
