@@ -28,7 +28,8 @@ def _kernel_name() -> str:
 
 def test_notebooks_exist():
     names = {path.stem for path in NOTEBOOKS}
-    assert {"01_derivations", "02_band_gallery", "03_validate_a_new_divergence"} <= names
+    assert {"01_derivations", "02_band_gallery", "03_validate_a_new_divergence",
+            "04_entropy_lab"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

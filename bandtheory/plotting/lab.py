@@ -34,7 +34,11 @@ def _style_key(scheme: str) -> str:
 
 def lab_curves(agg: pd.DataFrame, *, panels: Sequence[tuple[str, str]] = PANELS,
                title: str | None = None, ncols: int = 3) -> Any:
-    """One panel per metric, a line per scheme (mean over seeds) with its confidence band.
+    """One panel per metric, a line per scheme (mean over seeds) with its band.
+
+    The band is the one :func:`bandtheory.simulate.aggregate` computed: a percentile
+    bootstrap over seeds, which stays inside the seeds' values and so inside each metric's
+    range; with few seeds it is rough (it under-covers), a picture of the seeds' spread.
 
     Args:
         agg: Output of :func:`bandtheory.simulate.aggregate`.
@@ -68,7 +72,9 @@ def lab_curves(agg: pd.DataFrame, *, panels: Sequence[tuple[str, str]] = PANELS,
                 ax.fill_between(d["step"], d["lo"], d["hi"], color=color, alpha=0.15,
                                 linewidth=0)
             ax.set_title(name)
-            if metric in ("p_best", "clip_upper_pos", "clip_lower_neg"):
+            if metric == "p_best":
+                ax.set_ylim(0.0, 1.02)
+            elif metric in ("entropy", "clip_upper_pos", "clip_lower_neg", "kl"):
                 ax.set_ylim(bottom=0)
         for ax in axes[-1]:
             ax.set_xlabel("step")

@@ -17,43 +17,63 @@ trajectory (THEORY.md section 6); the lab reproduces this bit for bit
 
 What it showed (measured on this 2-core machine; re-run the commands to check)
 -------------------------------------------------------------------------------
-Defaults (``bandtheory simulate --out DIR``: bandit, K = 256, Zipf s = 1.1, best token at
-rank 25 with initial probability 0.0067, G = 16, 4 epochs x 4 minibatches, Adam lr 0.05,
-150 steps, 5 seeds; about 25 s wall on the shared 2-core machine). Steps until the best
-token passed probability 0.5 (median over seeds, seeds that got there) and run-mean
-entropy in nats:
+The verdict (:func:`verdict`) pairs the schemes by seed (every run starts from the same
+Zipf policy; a seed fixes the random numbers) and claims a direction only when a
+one-sided sign test over the seeds that differ by a margin gives ``p <= 0.05``: "found
+sooner" needs the first step with ``P(best) >= 0.5`` earlier by at least
+``max(2 steps, 10%)`` (never = step ``T + 1``), "kept higher entropy" a final entropy
+higher by at least ``max(0.01 nats, 10%)``. With 5 seeds that means all 5 one way.
 
-    clip 0.2                never (0/5)      0.555      final reward 0.599
-    Clip-Higher 0.2/0.28    never (0/5)      0.441      0.600
-    DCPO 0.2/0.28           - (2/5)          0.402      0.759
-    Band KL 0.05            73 (3/5)         0.292      0.840
-    Band TV 0.05            - (1/5)          0.648      0.680
-    Band chi2 0.05          never (0/5)      0.489      0.599
-    no clipping             61 (3/5)         0.255      0.840
+Defaults (``bandtheory simulate --env bandit --seeds 5 --out DIR``: K = 256, Zipf
+s = 1.1, best token at rank 25 with initial probability 0.0067, G = 16, 4 epochs x 4
+minibatches, Adam lr 0.05, 150 steps; 24 s of CPU, 32 s wall on the shared 2-core
+machine at load 3.7). Final entropy (nats), seeds whose best token passed 0.5, final
+reward:
 
-- Reproduces: Band KL found the rare best token sooner than canonical clipping (3/5
-  seeds vs 0/5, sooner in 3 seeds, later in none).
-- Does not reproduce: Band KL did NOT keep higher entropy; its run-mean entropy was
-  LOWER than clipping's (paired difference -0.263, 95% CI [-0.479, -0.047]). No clipping
-  at all did as well as Band KL at finding the token, so at delta = 0.05 the Band rarely
-  binds here (its clip fractions are ~0.3%): the benefit is "clip less", not the trust
-  region's shape. Band chi2 at the same delta found nothing.
-- One update per batch (``--epochs 1 --minibatches 1``): all seven schemes give the
-  identical trajectory (final entropy 0.766, reward 0.595, 0/5 seeds find the token),
-  bit for bit, as THEORY.md section 6 says; the tests check this.
-- Best token not rare (``simulate(Bandit(best_rank=2), ["clip", "band_kl", "none"])``):
-  every scheme finds it in 5-6 steps (clip 6, Band KL 5, 5/5 seeds each); no
-  meaningful difference.
-- Sequence task (``--env sequence``, 3 positions, targets at ranks 8, 12, 10): no scheme
-  made the best trajectory likely except Band chi2 in 1/5 seeds; Band KL vs clip:
-  entropy not distinguishable (-0.069, CI [-0.176, +0.039]), 0/5 vs 0/5 seeds.
+    clip 0.2                0.187    0/5      0.599
+    Clip-Higher 0.2/0.28    0.079    0/5      0.600
+    DCPO 0.2/0.28           0.183    2/5      0.759
+    Band KL 0.05            0.033    3/5      0.840   (steps 54, 62, 73)
+    Band TV 0.05            0.182    1/5      0.680
+    Band chi2 0.05          0.364    0/5      0.599
+    no clipping             0.040    3/5      0.840
+
+- Default, 5 seeds: the claim did NOT hold for any Band. Band KL was clearly sooner in
+  3 seeds and later in none (sign test p = 0.125: no clear difference) and its final
+  entropy was LOWER in 5/5 seeds (p = 0.031). Every scheme collapses here (final
+  entropy below 0.6 nats in every seed); a policy that found the best token sits on it
+  (one token holds 99% of the mass), while clipping stays mixed over two or three of the
+  equally rewarded head tokens in three seeds, so in this bandit a lower final entropy
+  goes with finding the rare token, not against it.
+- Reproduces (found sooner): ``--schemes clip band_kl --seeds 20``: Band KL passed 0.5
+  in 5/20 seeds (steps 24, 54, 62, 73, 103), clipping in 0/20; sooner in 5, later in
+  none, p = 0.031; final entropy no clear difference (0.094 vs 0.154 nats, higher in 5,
+  lower in 11, p(lower) = 0.105): "held only in part". No clipping at all found the
+  token about as often (3/5 in the default run; 4/20 against 5/20 for Band KL
+  delta = 0.1 in a 20-seed run), so at these radii the benefit is "clip less", not the
+  trust region's shape. The result hangs on one seed: 5 of 5 differing seeds gives
+  p = 0.031, 4 of 4 would give 0.0625 and not pass.
+- Does not reproduce, one update per batch (``--epochs 1 --minibatches 1``): all seven
+  schemes give the identical trajectory (final entropy 0.766, reward 0.595, 0/5 seeds
+  find the token), bit for bit, as THEORY.md section 6 says; the tests check this.
+- Does not reproduce, best token not rare
+  (``simulate(Bandit(best_rank=2), ["clip", "band_kl", "none"])``): every scheme finds
+  it within 3-10 steps (Band KL at 3, 4, 5, 5, 8; clip at 6, 6, 6, 6, 10); 3 seeds
+  sooner by the margin, 2 within it, p = 0.125: no clear difference; final entropies
+  below 0.011 nats under both, no clear difference.
+- Sequence task (``--env sequence``, 3 positions, targets at ranks 8, 12, 10): no Band
+  made the best trajectory likely except Band chi2 in 1/5 seeds (step 37); Band KL vs
+  clip: 0/5 vs 0/5, final entropy 0.037 vs 0.031 nats (higher in 2, lower in 2): no clear
+  difference.
 
 Every verdict above is generated by :func:`verdict` from the numbers of that run; change
-the settings and the words change with them. Five seeds give wide intervals: treat one
-run as anecdote, sweep (``--sweep delta``) and add seeds before concluding.
+the settings and the words change with them. The bands of :func:`aggregate` and
+:func:`summarize` are percentile bootstraps over seeds (they stay inside each metric's
+range); with 5 seeds they are rough and under-cover. Treat one run as anecdote, sweep
+(``--sweep delta``) and add seeds before concluding.
 
 API: :func:`simulate` (per-step table), :func:`sweep` (final entropy and reward against
-the radius), :func:`aggregate`, :func:`summarize`, :func:`verdict`; figures in
+the radius), :func:`aggregate`, :func:`summarize`, :func:`compare`, :func:`verdict`; figures in
 :mod:`bandtheory.plotting.lab`; the command ``bandtheory simulate``.
 
 References:
@@ -69,7 +89,17 @@ import numpy as np
 import pandas as pd
 
 from .envs import Bandit, Sequence as SequenceEnv
-from .report import aggregate, mean_band, steps_to_threshold, summarize, verdict
+from .report import (
+    Comparison,
+    aggregate,
+    bootstrap_band,
+    compare,
+    mean_band,
+    sign_test,
+    steps_to_threshold,
+    summarize,
+    verdict,
+)
 from .runner import (
     DEFAULT_SCHEMES,
     METRICS,
@@ -98,8 +128,12 @@ __all__ = [
     "aggregate",
     "summarize",
     "verdict",
+    "compare",
+    "Comparison",
+    "sign_test",
     "steps_to_threshold",
     "mean_band",
+    "bootstrap_band",
     "parse_scheme",
     "resolve_schemes",
     "make_env",

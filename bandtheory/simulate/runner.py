@@ -58,8 +58,9 @@ METRICS: tuple[str, ...] = (
     "p_best",          # probability of the best token / trajectory
     "reward",          # exact expected return of pi
     "batch_reward",    # mean sampled return of the group (drawn from pi_old)
-    "clip_upper_pos",  # fraction of tokens clipped at the upper bound with A > 0
-    "clip_lower_neg",  # fraction of tokens clipped at the lower bound with A < 0
+    "clip_upper_pos",  # mean over the step's E x M minibatches of the fraction of the
+                       # minibatch's tokens with A > 0 and r > upper
+    "clip_lower_neg",  # the same with A < 0 and r < lower
     "kl",              # KL(pi_old || pi) of the step's update, per token
     "n99",             # distinct tokens holding 99% of the mass (visitation-weighted)
 )
@@ -362,6 +363,7 @@ def run(
     *,
     on_step: Callable[[int], None] | None = None,
     record_logits: bool = False,
+    trace: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Train one scheme on all seeds; returns per-step arrays of shape ``(T + 1, S)``.
 
@@ -377,6 +379,14 @@ def run(
         on_step: Called with the step number after every step (progress reporting).
         record_logits: Also return ``"logits"``, shape ``(T + 1, S, n_states, K)``, the
             policy after each step (for checking the metrics).
+        trace: Debug hook for tests: called before every minibatch's Adam step with a
+            dict of fresh numpy copies: ``step, epoch, minibatch`` (ints), ``logits``
+            ``(S, n_states, K)`` (the policy the minibatch's gradient is taken at),
+            ``old_log_policy`` (``log pi_old`` of the step, same shape), ``returns``
+            ``(S, G)``, ``index`` ``(S, mb)`` (the minibatch's completions), and per token
+            of the minibatch
+            ``(S, mb, L)``: ``tokens, states, adv, old_log_prob, log_prob, lower,
+            upper``. ``None`` (the default) costs one test per minibatch.
     """
     torch = _torch()
     threads = torch.get_num_threads()
@@ -384,12 +394,12 @@ def run(
     # a 2-core machine), so the loop runs single-threaded and restores the setting.
     torch.set_num_threads(1)
     try:
-        return _run(torch, env, spec, seeds, config, on_step, record_logits)
+        return _run(torch, env, spec, seeds, config, on_step, record_logits, trace)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(torch, env, spec, seeds, config, on_step, record_logits):
+def _run(torch, env, spec, seeds, config, on_step, record_logits, trace):
     from ..losses import policy_loss
 
     S, G, E, M = len(seeds), config.group, config.epochs, config.minibatches
@@ -437,7 +447,7 @@ def _run(torch, env, spec, seeds, config, on_step, record_logits):
         # host-side input checks are skipped in this hot loop.
         clip_hi = torch.zeros(S, dtype=torch.float64)
         clip_lo = torch.zeros(S, dtype=torch.float64)
-        for _epoch in range(E):
+        for epoch in range(E):
             perms = np.stack([rng.permutation(G) for rng in rngs])
             for j in range(M):
                 idx = torch.from_numpy(perms[:, j * mb:(j + 1) * mb])[:, :, None]  # (S, mb, 1)
@@ -469,6 +479,17 @@ def _run(torch, env, spec, seeds, config, on_step, record_logits):
                     if config.kl_coef:
                         kl = (p_all * (logp_all - ref_logp)).sum(dim=-1)
                         total = total + config.kl_coef * kl[seeds_g, st].mean(dim=(1, 2)).sum()
+                if trace is not None:
+                    trace({
+                        "step": step, "epoch": epoch, "minibatch": j,
+                        "logits": logits.detach().numpy().copy(),
+                        "old_log_policy": old_logp_all.numpy().copy(),
+                        "returns": returns.copy(), "index": idx[:, :, 0].numpy().copy(),
+                        "tokens": tk.numpy().copy(), "states": st.numpy().copy(),
+                        "adv": adv_mb.numpy().copy(), "old_log_prob": old_mb.numpy().copy(),
+                        "log_prob": lp.detach().numpy().copy(),
+                        "lower": lower[sel].numpy().copy(), "upper": upper[sel].numpy().copy(),
+                    })
                 (grad,) = torch.autograd.grad(total, logits)
                 n_adam += 1
                 with torch.no_grad():
