@@ -463,12 +463,18 @@ def _value_at_1(f: sp.Expr, *, timeout: float) -> sp.Expr:
 
 
 def _is_zero(value: sp.Expr) -> bool:
-    if value.is_zero:
-        return True
+    """Whether ``value`` is exactly zero: sympy's answer when it has one, else 2 x 100 digits.
+
+    A tiny exact number (``1e-300`` is read as the fraction ``10**-300``) is not zero.
+    """
+    decided = value.is_zero
+    if decided is not None:
+        return bool(decided)
     if value.has(sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity):
         return False
-    # simplify could not decide (e.g. nested radicals): 100 exact digits do.
-    return abs(complex(sp.N(value, 100))) < 1e-90
+    # Undecided (e.g. an unsimplified log or radical identity): an exact zero evaluates
+    # to noise that shrinks with the working precision, a tiny nonzero value does not.
+    return abs(complex(sp.N(value, 100))) < 1e-90 and abs(complex(sp.N(value, 200))) < 1e-190
 
 
 def _convexity_proof(f2: sp.Expr) -> bool:

@@ -17,11 +17,28 @@ find, not look up, everything THEORY.md sections 2-3 state about its Band:
   :func:`bandtheory.band_bounds` on a grid of ``(p, delta)``; squaring can create
   spurious roots (Hellinger), so a root is only the answer *together with* its
   saturation condition, outside which the bound is ``1/p`` (upper) or ``0`` (lower).
+- No closed form, classified by structure rather than by how sympy failed: ``g`` with
+  ``log``/``exp`` of ``r`` is "transcendental in r". ``sympy.solve`` is only tried
+  when the equation has a single log/exp generator in ``r`` and ``r`` appears nowhere
+  else (it can then be inverted: ``-log r = delta``); with two generators (``log r``
+  and ``log(1 - p r)``: KL, reverse KL, JS, Jeffreys) or ``r`` also outside one
+  (``r log r``) it is not tried. A LambertW root is not counted as a closed form: the
+  closed forms here are elementary (``+ * / **``, ``sqrt``, ``exp``, ``log``, ``|.|``),
+  which is also what :func:`compile_expression` evaluates. An algebraic equation
+  without a root is reported with its degree.
+- ``upper_stable`` / ``lower_stable``: the roots rearranged for floating point. Where
+  ``X + Y sqrt(Z)`` cancels (opposite signs at the unsaturated sample points, e.g.
+  ``(delta + 2p - sqrt(delta) sqrt(delta + 4p - 4p^2))/(2p(1 + delta))``, Neyman's
+  lower bound at small ``p``), it is replaced by ``(X^2 - Y^2 Z)/(X - Y sqrt(Z))``
+  with the numerator expanded and factored by sympy, so the cancellation is exact;
+  innermost sums first, so Hellinger's ``(c - sqrt(w))^2`` is treated too. The numeric
+  callables evaluate these forms; ``upper``/``lower`` stay as sympy found them.
 - Saturation: ``g(p, 1/p) <= delta`` (upper) and ``g(p, 0) <= delta`` (lower) as sympy
   relations, and the threshold in ``p`` when ``sympy`` solves it (TV upper
   ``p >= 1 - delta``, Pearson upper ``p >= 1/(1 + delta)``; never when ``f(0+) = inf``).
 - ``r_star``: the ``p -> 1`` limit of the lower bound, the root of
-  ``f(r) + (1 - r) f'(inf) = delta`` (``0`` once ``delta >= f(0+) + f'(inf)``).
+  ``f(r) + (1 - r) f'(inf) = delta`` (``0`` once ``delta >= f(0+) + f'(inf)``);
+  that relation is ``r_star_equation`` (given also when it has no closed form, JS).
 - ``gain_limit``: the ``p -> 0`` limit of the probability gain ``p (upper - 1)``; by the
   mirror identity it equals ``1 - r_star``.
 - The small-``delta`` expansion ``r = 1 +/- a1 sqrt(delta) + a2 delta + O(delta^{3/2})``
@@ -31,6 +48,8 @@ find, not look up, everything THEORY.md sections 2-3 state about its Band:
 No sympy call can hang: each runs in a worker process under a time limit
 (:func:`bandtheory.parsing.call_with_time_limit`) and the whole derivation shares one
 deadline; what does not finish is reported as such (``upper = None`` with a reason).
+A step that raises (sympy on an unusual user ``f``) degrades the same way: its item is
+``None`` with the note "not derived: ... failed (...)"; :func:`derive` does not raise.
 
 References:
     BandPO (arXiv 2603.04918), the Band operator, its reduction to one dimension and
@@ -184,14 +203,77 @@ def _w_limits(f: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
     return sp.limit(f, _U, 0, "+"), sp.limit(f / _U, _U, sp.oo)
 
 
-def _w_roots(eq: sp.Expr) -> tuple[list[tuple[list[sp.Expr], str]], list[str]]:
-    """Candidate roots in ``r`` of ``eq = 0``: ``([(forms, method), ...], errors)``.
+def _transcendental(eq: sp.Expr, var: sp.Symbol = R) -> bool:
+    """Whether ``eq`` contains ``log`` or ``exp`` of an expression in ``var``."""
+    return any(fn.has(var) for fn in eq.atoms(sp.log, sp.exp))
+
+
+def _transcendence(eq: sp.Expr, var: sp.Symbol = R) -> str | None:
+    """Why ``eq`` is transcendental in ``var`` (the structural reason), or ``None``."""
+    if _transcendental(eq, var):
+        return f"g contains log/exp of {var}"
+    for pw in eq.atoms(sp.Pow):
+        if pw.exp.has(var) or (pw.base.has(var) and not pw.exp.is_Rational):
+            return f"g contains the power {pw} of {var}"
+    return None
+
+
+def _inversion_blocked(eq: sp.Expr, var: sp.Symbol) -> str | None:
+    """Why ``eq = 0`` cannot be inverted in elementary functions, or ``None`` when it may.
+
+    An equation with ``log``/``exp`` of ``var`` is inverted by isolating its one
+    transcendental generator (``-log r = delta`` gives ``r = exp(-delta)``). When ``var``
+    also appears outside that generator (``r log r``: at best a LambertW root), or two
+    generators appear (``log r`` and ``log(1 - p r)``, as in the ``g`` of KL, reverse
+    KL, JS and Jeffreys: ``r^p (1 - p r)^(1 - p) = c`` for a symbolic ``p``), sympy
+    either gives up or grinds for its whole time limit; such an equation is classified
+    without calling ``sympy.solve``. (Two log generators with equal weights,
+    ``log r + log(1 + r)``, could combine into one; no g of this form arises from
+    ``p f(r) + (1 - p) f(...)``, whose two terms carry the weights ``p`` and ``1 - p``.)
+    """
+    if not _transcendental(eq, var):
+        return None
+    expanded = sp.expand_log(eq, force=True)
+    kernels: list[sp.Expr] = []
+    for atom in expanded.atoms(sp.log, sp.exp):
+        if not atom.has(var):
+            continue
+        # exp(a) and exp(b) are one generator when a / b is a number (exp(2 r) = exp(r)**2).
+        same = any(
+            isinstance(atom, sp.exp) and isinstance(k, sp.exp)
+            and sp.cancel(atom.args[0] / k.args[0]).is_Rational
+            for k in kernels
+        )
+        if not same:
+            kernels.append(atom)
+    if len(kernels) > 1:
+        shown = ", ".join(sorted(str(k) for k in kernels)[:3])
+        return f"the equation has {len(kernels)} independent log/exp generators in {var} ({shown})"
+    outside = expanded.xreplace({k: sp.Dummy() for k in expanded.atoms(sp.log, sp.exp) if k.has(var)})
+    if outside.has(var):
+        return f"{var} appears both inside and outside {kernels[0]} (at best a LambertW-type root)"
+    return None
+
+
+def _is_elementary(root: sp.Expr) -> bool:
+    return not root.has(sp.LambertW) and all(
+        isinstance(fn, (sp.exp, sp.log, sp.Abs)) for fn in root.atoms(sp.Function)
+    )
+
+
+def _w_roots(eq: sp.Expr) -> tuple[list[tuple[list[sp.Expr], str]], list[str], str | None]:
+    """Candidate roots in ``r`` of ``eq = 0``: ``([(forms, method), ...], errors, blocked)``.
 
     ``forms`` holds the root as sympy returned it and simplified variants (the caller
-    keeps the shortest that still matches the numeric bound).
+    keeps the shortest that still matches the numeric bound). ``blocked`` says why no
+    solve was attempted (:func:`_inversion_blocked`), else ``None``. Roots that are not
+    elementary (LambertW) are reported in ``errors``, not returned.
     """
     found: list[tuple[sp.Expr, str]] = []
     errors: list[str] = []
+    blocked = _inversion_blocked(eq, R)
+    if blocked is not None:
+        return [], errors, blocked
 
     def attempt(label, fn):
         try:
@@ -199,7 +281,13 @@ def _w_roots(eq: sp.Expr) -> tuple[list[tuple[list[sp.Expr], str]], list[str]]:
         except (NotImplementedError, ValueError, TypeError) as exc:
             errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
             return
-        found.extend((root, label) for root in roots if not root.has(R, _S))
+        for root in roots:
+            if root.has(R, _S):
+                continue
+            if _is_elementary(root):
+                found.append((root, label))
+            else:
+                errors.append(f"{label}: a root that is not elementary ({str(root)[:100]})")
 
     # check=False: sympy's own substitution check is slow with radicals, and every
     # candidate is checked numerically against band_bounds by the caller anyway.
@@ -209,8 +297,7 @@ def _w_roots(eq: sp.Expr) -> tuple[list[tuple[list[sp.Expr], str]], list[str]]:
             "sympy.solve after r = s**2",
             lambda: [s**2 for s in sp.solve(eq.subs(R, _S**2), _S, check=False)],
         )
-    transcendental = any(fn.has(R) for fn in eq.atoms(sp.log, sp.exp))
-    if not found and not transcendental:
+    if not found and not _transcendental(eq):
         numerator = sp.numer(sp.together(eq))
         attempt(
             "sympy.solve on the numerator of g - delta",
@@ -225,7 +312,18 @@ def _w_roots(eq: sp.Expr) -> tuple[list[tuple[list[sp.Expr], str]], list[str]]:
             except Exception:  # noqa: BLE001 - a failing simplifier is just skipped
                 continue
         out.append((sorted(forms, key=_measure), label))
-    return out, errors
+    return out, errors, None
+
+
+def _w_degree(eq: sp.Expr) -> tuple[int, str] | None:
+    """The degree of the algebraic equation ``eq = 0``: ``(n, "r")`` or ``(n, "sqrt(r)")``."""
+    for variable, label, e in ((R, "r", eq), (_S, "sqrt(r)", eq.subs(R, _S**2))):
+        numerator = sp.numer(sp.together(e))
+        try:
+            return sp.Poly(numerator, variable).degree(), label
+        except sp.PolynomialError:
+            continue
+    return None
 
 
 def _simplify_in_p(expr: sp.Expr) -> sp.Expr:
@@ -240,13 +338,21 @@ def _w_saturation(values: dict[str, sp.Expr]) -> dict[str, sp.Expr]:
     return {side: _simplify_in_p(value) for side, value in values.items()}
 
 
-def _w_threshold(value: sp.Expr) -> list[sp.Expr]:
-    """The roots in ``p`` of ``value(p) = delta``."""
-    return [sp.factor(root) for root in sp.solve(value - DELTA, P) if not root.has(P)]
+def _w_threshold(value: sp.Expr) -> tuple[list[sp.Expr], str | None]:
+    """The roots in ``p`` of ``value(p) = delta``, and why none was sought (or ``None``)."""
+    blocked = _inversion_blocked(value - DELTA, P)
+    if blocked is not None:
+        return [], blocked
+    return [sp.factor(root) for root in sp.solve(value - DELTA, P) if not root.has(P)], None
 
 
-def _w_solve_for(eq: sp.Expr, var: sp.Symbol) -> list[sp.Expr]:
-    return [sp.simplify(root) for root in sp.solve(eq, var) if not root.has(var)]
+def _w_solve_for(eq: sp.Expr, var: sp.Symbol) -> tuple[list[sp.Expr], str | None]:
+    """Elementary roots of ``eq = 0`` in ``var``, and why none was sought (or ``None``)."""
+    blocked = _inversion_blocked(eq, var)
+    if blocked is not None:
+        return [], blocked
+    roots = [sp.simplify(root) for root in sp.solve(eq, var) if not root.has(var)]
+    return [root for root in roots if _is_elementary(root)], None
 
 
 def _w_closed_limits(lower: sp.Expr | None, upper: sp.Expr | None) -> tuple:
@@ -295,6 +401,84 @@ def _w_series(g_upper: sp.Expr, g_lower: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
 
 
 # --------------------------------------------------------------------------------------
+# Cancellation-free numeric forms of a closed-form root
+# --------------------------------------------------------------------------------------
+
+
+def _split_radical(term: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """``term = coefficient * radical``, ``radical`` the product of its square roots."""
+    coefficient, radical = [], []
+    for factor in sp.Mul.make_args(term):
+        if factor.is_Pow and factor.exp.is_Rational and factor.exp.q == 2:
+            # b**(k/2) = b**((k - 1)/2) * sqrt(b), k odd.
+            radical.append(sp.sqrt(factor.base))
+            coefficient.append(factor.base ** ((int(factor.exp.p) - 1) // 2))
+        else:
+            coefficient.append(factor)
+    return sp.Mul(*coefficient), sp.Mul(*radical)
+
+
+def _has_radical(expr: sp.Expr) -> bool:
+    return any(pw.exp.is_Rational and not pw.exp.is_Integer for pw in expr.atoms(sp.Pow))
+
+
+def _conjugate(node: sp.Add, points: tuple[np.ndarray, np.ndarray]) -> sp.Expr:
+    """``A + B`` as ``(A^2 - B^2)/(A - B)`` when ``A``, ``B`` cancel at ``points``.
+
+    ``A`` and ``B`` are the terms of ``node`` grouped by their square-root factor
+    (``X`` and ``Y sqrt(Z)``); ``A^2 - B^2`` has no square root, and sympy expands and
+    factors it exactly, so the cancellation happens in exact arithmetic and the float
+    evaluation only adds two terms of one sign.
+    """
+    groups: dict[sp.Expr, sp.Expr] = {}
+    for term in node.args:
+        coefficient, radical = _split_radical(term)
+        groups[radical] = groups.get(radical, sp.Integer(0)) + coefficient
+    if len(groups) != 2 or any(_has_radical(c) for c in groups.values()):
+        return node
+    (ra, ca), (rb, cb) = groups.items()
+    a, b = ca * ra, cb * rb
+    try:
+        with np.errstate(all="ignore"):
+            va = np.asarray(compile_expression(a)(np, *points), dtype=float) * np.ones_like(points[0])
+            vb = np.asarray(compile_expression(b)(np, *points), dtype=float) * np.ones_like(points[0])
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError):
+        return node
+    usable = np.isfinite(va) & np.isfinite(vb) & (va != 0) & (vb != 0)
+    if not usable.any() or not np.all(va[usable] * vb[usable] < 0):
+        return node
+    numerator = sp.factor(sp.expand(ca**2 * ra**2 - cb**2 * rb**2))
+    if numerator == 0 or _has_radical(numerator):
+        return node
+    return numerator / (a - b)
+
+
+def _stable(expr: sp.Expr, points: tuple[np.ndarray, np.ndarray]) -> sp.Expr:
+    """``expr`` with every cancelling ``X + Y sqrt(Z)`` conjugated, innermost first.
+
+    Innermost first, so that a root written ``(c - sqrt(w))**2`` (Hellinger's
+    quadratic in ``sqrt(r)``) is treated inside the square as well as expanded.
+    """
+    if not expr.args or expr.is_Number:
+        return expr
+    rebuilt = expr.func(*[_stable(arg, points) for arg in expr.args])
+    if isinstance(rebuilt, sp.Add) and _has_radical(rebuilt):
+        rebuilt = _conjugate(rebuilt, points)
+    return rebuilt
+
+
+def _stable_points(run: _Run, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unsaturated ``(p, delta)`` points of ``side``, down to small ``p``."""
+    ps = (1e-6, 1e-4, 1e-2) + _P_GRID + (0.995,)
+    p_values, delta_values = [], []
+    for delta in (1e-3,) + _DELTA_GRID + (3.0,):
+        free = ~run.saturated(side, ps, delta)
+        p_values += [p for p, keep in zip(ps, free) if keep]
+        delta_values += [delta] * int(free.sum())
+    return np.asarray(p_values, dtype=float), np.asarray(delta_values, dtype=float)
+
+
+# --------------------------------------------------------------------------------------
 # The result
 # --------------------------------------------------------------------------------------
 
@@ -312,12 +496,21 @@ class Derivation:
         f: The generator ``f(u)``.
         g: ``g_f(p, r)`` simplified.
         upper, lower: Closed-form roots of ``g = delta`` (valid where the side is not
-            saturated), or ``None``.
+            saturated), or ``None``; shown as sympy found them.
+        upper_stable, lower_stable: The same roots rearranged for floating point: each
+            ``X + Y sqrt(Z)`` whose terms cancel (opposite signs) is written
+            ``(X^2 - Y^2 Z)/(X - Y sqrt(Z))`` with the numerator expanded and factored
+            exactly by sympy. ``upper_numeric`` and ``lower_numeric`` evaluate these
+            (equal to ``upper``/``lower`` when nothing cancels; ``None`` with them).
         upper_saturation, lower_saturation: ``g(p, 1/p) <= delta`` and
             ``g(p, 0) <= delta`` as sympy relations (``false`` when ``f(0+) = inf``).
         upper_threshold, lower_threshold: The same conditions solved for ``p``
             (e.g. ``p >= 1/(delta + 1)``), or ``None``.
         r_star: ``lim_{p -> 1} lower``.
+        r_star_equation: Its defining relation ``f(r) + (1 - r) f'(inf) = delta`` as a
+            sympy ``Eq`` in ``r`` and ``delta`` (``None`` when ``f'(inf) = inf``, where
+            ``r* = 1``); r* is its root in ``(0, 1)``, or ``0`` once
+            ``delta >= f(0+) + f'(inf)``. Given also when r* has no closed form (JS).
         gain_limit: ``lim_{p -> 0} p (upper - 1)``.
         series_upper, series_lower: ``1 +/- a1 sqrt(delta) + a2 delta``, or ``None``
             when ``f`` is not twice differentiable at 1.
@@ -331,6 +524,8 @@ class Derivation:
     upper_note: str
     lower: sp.Expr | None
     lower_note: str
+    upper_stable: sp.Expr | None
+    lower_stable: sp.Expr | None
     upper_saturation: sp.Basic
     lower_saturation: sp.Basic
     upper_threshold: sp.Basic | None
@@ -338,6 +533,7 @@ class Derivation:
     lower_threshold: sp.Basic | None
     lower_threshold_note: str
     r_star: sp.Expr | None
+    r_star_equation: sp.Basic | None
     r_star_note: str
     gain_limit: sp.Expr | None
     gain_limit_note: str
@@ -353,7 +549,8 @@ class Derivation:
     def _compiled(self) -> dict[str, Callable]:
         compiled = {}
         for key in ("upper", "lower", "upper_saturation_value", "lower_saturation_value"):
-            expr = getattr(self, key)
+            # The bounds compile from their cancellation-free forms (see the class docstring).
+            expr = getattr(self, key + "_stable", None) if key in ("upper", "lower") else getattr(self, key)
             if expr is None or expr.has(sp.oo):
                 continue
             try:
@@ -421,17 +618,28 @@ class Derivation:
                 return "none"
             return self.latex[key] if latex else str(value)
 
+        def numeric(side: str) -> list[str]:
+            stable = getattr(self, side + "_stable")
+            if stable is None or stable == getattr(self, side):
+                return []
+            return [f"  numeric form  {show(side + '_stable', stable)}    [the same root without "
+                    f"cancellation; {side}_numeric evaluates it]"]
+
         lines = [
             f"divergence      {self.divergence}",
             f"f(u)            {show('f', self.f)}",
             f"g(p, r)         {show('g', self.g)}",
             f"upper           {show('upper', self.upper)}    [{self.upper_note}]",
+            *numeric("upper"),
             f"lower           {show('lower', self.lower)}    [{self.lower_note}]",
+            *numeric("lower"),
             f"upper saturated {show('upper_saturation', self.upper_saturation)}"
             f"  <=>  {show('upper_threshold', self.upper_threshold)}    [{self.upper_threshold_note}]",
             f"lower saturated {show('lower_saturation', self.lower_saturation)}"
             f"  <=>  {show('lower_threshold', self.lower_threshold)}    [{self.lower_threshold_note}]",
             f"r* (p -> 1)     {show('r_star', self.r_star)}    [{self.r_star_note}]",
+            *([f"r* equation     {show('r_star_equation', self.r_star_equation)}"]
+              if self.r_star_equation is not None else []),
             f"gain (p -> 0)   {show('gain_limit', self.gain_limit)}    [{self.gain_limit_note}]",
             f"series upper    {show('series_upper', self.series_upper)}",
             f"series lower    {show('series_lower', self.series_lower)}    [{self.series_note}]",
@@ -500,8 +708,11 @@ def _resolve_abs(expr: sp.Expr, points: list[dict]) -> sp.Expr | None:
         atom = atoms[0]
         signs = set()
         for point in points:
-            value = complex(sp.N(atom.args[0].subs(point), 20))
-            if abs(value.imag) > 1e-15:
+            try:
+                value = complex(sp.N(atom.args[0].subs(point), 20))
+            except (TypeError, ValueError, ZeroDivisionError):  # nan or zoo at a point
+                return None
+            if abs(value.imag) > 1e-15 or not math.isfinite(value.real):
                 return None
             if value.real != 0:
                 signs.add(value.real > 0)
@@ -559,14 +770,19 @@ def _threshold_matches(run: _Run, side: str, relation: sp.Basic) -> bool:
     for delta in _DELTA_GRID + (3.0, 10.0):
         saturated = run.saturated(side, ps, delta)
         for p, truth_exact in zip(ps, saturated):
-            truth = relation.subs({P: p, DELTA: delta})
-            if truth not in (sp.true, sp.false):
-                return False
-            if bool(truth) != bool(truth_exact):
-                # On the boundary itself rounding decides; elsewhere it is a mismatch.
-                near = {relation.subs({P: p * (1 + s), DELTA: delta}) for s in (-1e-7, 1e-7)}
-                if len(near) == 1:
+            try:
+                truth = relation.subs({P: p, DELTA: delta})
+                if truth not in (sp.true, sp.false):
                     return False
+                if bool(truth) != bool(truth_exact):
+                    # On the boundary itself rounding decides; elsewhere it is a mismatch.
+                    near = {relation.subs({P: p * (1 + s), DELTA: delta}) for s in (-1e-7, 1e-7)}
+                    if len(near) == 1:
+                        return False
+            except (TypeError, ValueError):
+                # e.g. a root that sympy.solve returned as Piecewise((x, cond), (nan, True)):
+                # "p >= nan" is no relation, so this candidate is not the threshold.
+                return False
     return True
 
 
@@ -621,9 +837,12 @@ def _exact_number(symbolic: Any, numeric: float) -> sp.Expr:
     """The exact limit when sympy's agrees with the float; else the float as a number."""
     if math.isinf(numeric):
         return sp.oo if numeric > 0 else -sp.oo
-    if symbolic is not None and symbolic.is_number and symbolic.is_finite:
-        if math.isclose(float(symbolic), numeric, rel_tol=1e-9, abs_tol=1e-12):
-            return sp.nsimplify(symbolic) if symbolic.is_Float else symbolic
+    try:
+        if symbolic is not None and symbolic.is_number and symbolic.is_finite:
+            if math.isclose(float(symbolic), numeric, rel_tol=1e-9, abs_tol=1e-12):
+                return sp.nsimplify(symbolic) if symbolic.is_Float else symbolic
+    except (TypeError, ValueError):  # a limit sympy left unevaluated or complex
+        pass
     return sp.nsimplify(numeric)
 
 
@@ -632,9 +851,13 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
 
     The sympy steps run in worker processes, independent ones at the same time, in
     three rounds: (1) ``g`` and the limits ``f(0+)``, ``f'(inf)``; (2) the roots of
-    ``g = delta``, the saturation values and thresholds, the series and the ``r*``
-    equation; (3) the ``p -> 1`` and ``p -> 0`` limits of the closed forms. Every
-    result is checked numerically against :func:`bandtheory.band_bounds`.
+    ``g = delta``, the saturation values and the series; (3) the saturation
+    thresholds, the ``p -> 1`` and ``p -> 0`` limits of the closed forms, the ``r*``
+    equation, the cancellation-free numeric forms of the roots and, for an algebraic
+    equation without a root, its degree. Every result is checked numerically against
+    :func:`bandtheory.band_bounds`. A step that fails (sympy raises, or its result does
+    not survive the check) leaves its item ``None`` with a note saying so; it never
+    makes ``derive`` raise.
 
     Args:
         divergence: A registry name (``"kl"``, ``"alpha(1/2)"``, ...) or a
@@ -642,8 +865,9 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
             :func:`~bandtheory.divergences.from_expression`).
         timeout: Wall-clock budget in seconds for all sympy work together, ``> 0``;
             the three rounds get 20 %, 60 % and the rest of it, and solving a
-            transcendental ``g = delta`` at most 30 %. What does not finish in time is
-            reported as not found, never waited for; on a loaded machine pass more.
+            transcendental ``g = delta`` with one log/exp generator at most 30 %.
+            What does not finish in time is reported as not found, never waited for;
+            on a loaded machine pass more.
 
     Returns:
         A frozen :class:`Derivation`.
@@ -689,11 +913,12 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
         ):
             resolved = _resolve_abs(value, _P_POINTS)
             saturation_values[side] = value if resolved is None else resolved
-    r_star_eq = None
+    r_star_eq = r_star_equation = None
     if slope is not sp.oo:
-        r_star_eq = _resolve_abs(
-            f.subs(_U, R) + (1 - R) * slope - DELTA, [{R: sp.Float(x, 20)} for x in (0.01, 0.5, 0.99)]
-        )
+        lhs = f.subs(_U, R) + (1 - R) * slope
+        resolved = _resolve_abs(lhs, [{R: sp.Float(x, 20)} for x in (0.01, 0.5, 0.99)])
+        r_star_equation = sp.Eq(lhs if resolved is None else resolved, DELTA, evaluate=False)
+        r_star_eq = None if resolved is None else resolved - DELTA
     equations = []
     for side in ("upper", "lower"):
         if g_sides[side] is not None and g_sides[side] not in equations:
@@ -702,14 +927,17 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
     calls.append((_w_saturation, (saturation_values,)))
     calls.append((_w_series, (g_sides["upper"], g_sides["lower"])) if smooth and all(g_sides.values()) else (_w_noop, ()))
     quick = _SHARE_TRANSCENDENTAL * float(timeout)
-    call_caps = [quick if any(a.has(R) for a in eq.atoms(sp.log, sp.exp)) else None for eq in equations]
+    call_caps = [quick if _transcendence(eq) else None for eq in equations]
     outcomes = run.parallel(calls, cap=caps[1], caps=call_caps + [None, None])
     root_outcomes = dict(zip(equations, outcomes[: len(equations)]))
     saturation_outcome, series_outcome = outcomes[len(equations):]
 
-    roots = _interpret_roots(run, g_sides, root_outcomes)
-    upper, upper_note = roots["upper"]
-    lower, lower_note = roots["lower"]
+    roots = {}
+    for side in ("upper", "lower"):
+        chosen = _step("choosing the root", _interpret_root, run, side, g_sides[side],
+                       root_outcomes.get(g_sides[side]))
+        roots[side] = chosen if len(chosen) == 3 else (*chosen, False)
+    upper, lower = roots["upper"][0], roots["lower"][0]
 
     saturation_values = _ok(saturation_outcome) or saturation_values
 
@@ -735,23 +963,49 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
         series_upper = series_lower = None
         series_note = f"not derived: {_why(series_outcome)}"
 
-    # Round 3: saturation thresholds in p and the limits of the closed forms; without a
-    # closed-form lower bound, r* (and with it the gain) comes from its own equation
-    # f(r) + (1 - r) f'(inf) = delta.
-    calls = [(_w_threshold, (value,)) for value in saturation_values.values()]
+    # Round 3: saturation thresholds in p, the limits of the closed forms, their
+    # cancellation-free numeric forms and the degree of an unsolved algebraic equation;
+    # without a closed-form lower bound, r* (and with it the gain) comes from its own
+    # equation f(r) + (1 - r) f'(inf) = delta.
+    calls: list[tuple[Callable, tuple]] = []
+    keys: list[tuple[str, Any]] = []
+    for side, value in saturation_values.items():
+        calls.append((_w_threshold, (value,)))
+        keys.append(("threshold", side))
     if upper is not None or lower is not None:
         calls.append((_w_closed_limits, (lower, upper)))
+        keys.append(("closed", None))
     if lower is None and r_star_eq is not None:
         calls.append((_w_solve_for, (r_star_eq, R)))
-    outcomes = run.parallel(calls, cap=float(timeout))
-    threshold_outcomes = dict(zip(saturation_values, outcomes[: len(saturation_values)]))
-    outcomes = outcomes[len(saturation_values):]
-    closed = (None, None)
-    r_star_outcome: tuple[str, Any] = ("ok", [])
-    if upper is not None or lower is not None:
-        closed = _ok(outcomes.pop(0)) or closed
-    if outcomes:
-        r_star_outcome = outcomes.pop(0)
+        keys.append(("r_star", None))
+    for side in ("upper", "lower"):
+        root = roots[side][0]
+        if root is not None:
+            points = _attempt(_stable_points, run, side)
+            if points is not None:
+                calls.append((_w_stable, (root, points)))
+                keys.append(("stable", side))
+        elif roots[side][2] and g_sides[side] not in [k[1] for k in keys if k[0] == "degree"]:
+            calls.append((_w_degree, (g_sides[side] - DELTA,)))
+            keys.append(("degree", g_sides[side]))
+    outcomes = dict(zip(keys, run.parallel(calls, cap=float(timeout))))
+
+    notes = {}
+    stable = {}
+    for side in ("upper", "lower"):
+        root, note, algebraic = roots[side]
+        if root is None and algebraic:
+            note = _algebraic_note(outcomes.get(("degree", g_sides[side]), ("timeout", None)), note)
+        notes[side] = note
+        stable[side] = root
+        outcome = outcomes.get(("stable", side))
+        if root is not None and outcome is not None and _ok(outcome) is not None:
+            candidate = _ok(outcome)
+            # The rewrite is exact algebra; the check guards against a bug in it.
+            if candidate != root and _attempt(_matches, run, candidate, side, default=(False, 0))[0]:
+                stable[side] = candidate
+    closed = _ok(outcomes.get(("closed", None), ("ok", None))) or (None, None)
+    r_star_outcome = outcomes.get(("r_star", None), ("ok", ([], None)))
 
     sat = {}
     for side in ("upper", "lower"):
@@ -759,14 +1013,23 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
             sat[side] = (sp.oo, sp.false, None, "never: f(0+) = inf")
             continue
         value = saturation_values[side]
-        outcome = threshold_outcomes[side]
-        if outcome[0] == "ok":
-            threshold, note = _threshold(run, side, outcome[1], ceiling)
+        outcome = outcomes[("threshold", side)]
+        if outcome[0] == "ok" and outcome[1][1] is not None:
+            threshold = None
+            note = f"no threshold in p: transcendental in p ({outcome[1][1]}; sympy.solve not attempted)"
+        elif outcome[0] == "ok":
+            threshold, note = _step("matching the threshold", _threshold, run, side, outcome[1][0], ceiling)
         else:
             threshold, note = None, f"no threshold in p: {_why(outcome)}"
         sat[side] = (value, sp.Le(value, DELTA), threshold, note)
-    r_star, r_star_note = _r_star(run, closed[0], slope, ceiling, r_star_outcome, r_star_eq)
-    gain, gain_note = _gain(run, closed[1], slope, ceiling, r_star)
+    r_star, r_star_note = _step(
+        "finding r*", _r_star, run, closed[0], slope, ceiling, r_star_outcome, r_star_eq, r_star_equation,
+        lower is not None,
+    )
+    gain, gain_note = _step(
+        "finding the gain limit", _gain, run, closed[1], slope, ceiling, r_star, r_star_equation,
+        r_star_note,
+    )
 
     # The fields that have a LaTeX form, passed to Derivation once from here.
     items = {
@@ -774,21 +1037,24 @@ def derive(divergence: str | _div.Divergence, *, timeout: float = 6.0) -> Deriva
         "g": g,
         "upper": upper,
         "lower": lower,
+        "upper_stable": stable["upper"],
+        "lower_stable": stable["lower"],
         "upper_saturation": sat["upper"][1],
         "lower_saturation": sat["lower"][1],
         "upper_threshold": sat["upper"][2],
         "lower_threshold": sat["lower"][2],
         "r_star": r_star,
+        "r_star_equation": r_star_equation,
         "gain_limit": gain,
         "series_upper": series_upper,
         "series_lower": series_lower,
     }
-    latex = {key: (sp.latex(v) if v is not None else r"\text{none}") for key, v in items.items()}
+    latex = {key: _latex(value) for key, value in items.items()}
     return Derivation(
         divergence=div.name,
         **items,
-        upper_note=upper_note,
-        lower_note=lower_note,
+        upper_note=notes["upper"],
+        lower_note=notes["lower"],
         upper_threshold_note=sat["upper"][3],
         lower_threshold_note=sat["lower"][3],
         r_star_note=r_star_note,
@@ -804,69 +1070,140 @@ def _w_noop() -> None:
     return None
 
 
-def _interpret_roots(run: _Run, g_sides: dict, outcomes: dict) -> dict[str, tuple[sp.Expr | None, str]]:
-    """Pick, per side, the candidate root equal to the exact bound (or say why none)."""
-    results = {}
-    for side in ("upper", "lower"):
-        g_side = g_sides[side]
-        if g_side is None:
-            results[side] = (None, "not attempted: f has a kink away from u = 1 on this side")
-            continue
-        outcome = outcomes[g_side]
-        if outcome[0] != "ok":
-            results[side] = (None, f"no closed form: {_why(outcome)}")
-            continue
-        candidates, errors = outcome[1]
-        if not candidates:
-            detail = "; ".join(errors)[:240]
-            results[side] = (None, f"transcendental: sympy found no closed form ({detail})")
-            continue
-        chosen = None
-        for forms, method in candidates:
-            for form in forms:
-                ok, checked = _matches(run, form, side)
-                if ok:
-                    chosen = (form, method, checked)
-                    break
-            if chosen:
+def _w_stable(root: sp.Expr, points: tuple[np.ndarray, np.ndarray]) -> sp.Expr:
+    return _stable(root, points)
+
+
+def _latex(value: Any) -> str:
+    if value is None:
+        return r"\text{none}"
+    try:
+        return sp.latex(value)
+    except Exception:  # noqa: BLE001 - a printer failure must not lose the derivation
+        return r"\text{" + str(value).replace("\\", "") + "}"
+
+
+def _attempt(fn: Callable, *args: Any, default: Any = None) -> Any:
+    """``fn(*args)``, or ``default`` when it raises (an optional refinement step)."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - the step is optional; its absence is the fallback
+        return default
+
+
+def _step(label: str, fn: Callable, *args: Any) -> tuple[Any, Any]:
+    """``fn(*args)``, a ``(value, note)`` pair; ``(None, "not derived: ...")`` if it raises.
+
+    sympy raises many kinds of errors on unusual input (``TypeError: Invalid NaN
+    comparison`` for a root it returned as ``Piecewise((x, c), (nan, True))``, ...);
+    one failed step is reported in its item's note instead of losing the derivation.
+    """
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - see above; the failure is reported, not hidden
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        return None, f"not derived: {label} failed ({type(exc).__name__}: {detail})"
+
+
+def _interpret_root(
+    run: _Run, side: str, g_side: sp.Expr | None, outcome: tuple[str, Any] | None
+) -> tuple[sp.Expr | None, str, bool]:
+    """Pick the candidate root equal to the exact bound: ``(root, note, algebraic)``.
+
+    ``algebraic`` is true when no root was found for an algebraic equation (its note
+    is then completed with the degree by :func:`_algebraic_note`).
+    """
+    if g_side is None:
+        return None, "not attempted: f has a kink away from u = 1 on this side", False
+    transcendence = _transcendence(g_side)
+    head = (
+        f"transcendental in r ({transcendence}): no closed form in elementary functions"
+        if transcendence else None
+    )
+    if outcome[0] != "ok":
+        if head:
+            return None, f"{head} ({_why(outcome)})", False
+        return None, _why(outcome), True
+    candidates, errors, blocked = outcome[1]
+    if not candidates:
+        if blocked:
+            return None, f"{head} ({blocked}; sympy.solve not attempted)", False
+        detail = "; ".join(errors)[:240] or "sympy.solve returned no root"
+        if head:
+            return None, f"{head} ({detail})", False
+        return None, detail, True
+    chosen = None
+    for forms, method in candidates:
+        for form in forms:
+            ok, checked = _matches(run, form, side)
+            if ok:
+                chosen = (form, method, checked)
                 break
-        if chosen is None:
-            results[side] = (
-                None,
-                f"sympy found {len(candidates)} candidate root(s), none equal to the exact "
-                "bound on the whole (p, delta) grid",
-            )
-            continue
-        root, method, checked = chosen
-        results[side] = (
-            root,
-            f"found by {method}; branch checked against band_bounds at {checked} unsaturated "
-            "(p, delta) points; valid where the side is not saturated",
+        if chosen:
+            break
+    if chosen is None:
+        return None, (
+            f"sympy found {len(candidates)} candidate root(s), none equal to the exact "
+            "bound on the whole (p, delta) grid"
+        ), False
+    root, method, checked = chosen
+    return root, (
+        f"found by {method}; branch checked against band_bounds at {checked} unsaturated "
+        "(p, delta) points; valid where the side is not saturated"
+    ), False
+
+
+def _algebraic_note(degree_outcome: tuple[str, Any], detail: str) -> str:
+    degree = _ok(degree_outcome)
+    if degree is None:
+        return f"algebraic in r: no solution in radicals found by sympy ({detail})"
+    n, variable = degree
+    if n <= 4:
+        return (
+            f"algebraic of degree {n} in {variable}: solvable in radicals, but sympy gave no "
+            f"usable root ({detail})"
         )
-    return results
+    return (
+        f"algebraic of degree {n} in {variable}: no solution in radicals found ({detail}; "
+        "beyond degree 4 there is none in general)"
+    )
 
 
-def _r_star(run, closed_limit, slope, ceiling, outcome, equation):
+def _r_star(run, closed_limit, slope, ceiling, outcome, equation, shown, closed_lower):
     """``lim_{p -> 1} lower``: from the closed form, else from its defining equation."""
     candidates = []
     if closed_limit is not None:
         candidates.append((closed_limit, "limit p -> 1 of the closed-form lower bound"))
     if slope is sp.oo:
         candidates.append((sp.Integer(1), "f'(inf) = inf: the complement term forbids any decrease"))
-    for root in _ok(outcome) or []:
+    roots, blocked = _ok(outcome) or ([], None)
+    for root in roots:
         candidates.append((root, "root of f(r) + (1 - r) f'(inf) = delta (sympy.solve)"))
     for value, note in candidates:
         full = _with_ceiling(value, ceiling, 0)
         if _check_limit(run, full, "r_star"):
             return full, note + "; checked against band_bounds at p = 1"
+    if closed_lower:
+        # The r* equation is only solved without a closed-form lower bound.
+        where = f"; r* is the root in (0, 1) of {shown}" if shown is not None else ""
+        return None, (
+            "not derived: sympy gave no p -> 1 limit of the closed-form lower bound that "
+            f"matches band_bounds (in time){where}"
+        )
     if equation is None:
         return None, "f has a kink inside (0, 1): the r* equation was not attempted"
-    if outcome[0] == "ok":
-        return None, "transcendental: sympy found no closed form for f(r) + (1 - r) f'(inf) = delta"
-    return None, f"no closed form for f(r) + (1 - r) f'(inf) = delta: {_why(outcome)}"
+    if outcome[0] != "ok":
+        return None, f"not derived ({_why(outcome)}): r* is the root in (0, 1) of {shown}"
+    kind = "transcendental" if _transcendence(equation) else "algebraic"
+    edge = f" (r* = 0 when delta >= {ceiling})" if ceiling is not sp.oo else ""
+    why = f"{blocked}; sympy.solve not attempted" if blocked else "sympy.solve found no elementary root"
+    return None, (
+        f"{kind}: r* is the root in (0, 1) of {shown}{edge}; no closed form ({why}); "
+        "band_bounds at p = 1 solves it numerically"
+    )
 
 
-def _gain(run, closed_limit, slope, ceiling, r_star):
+def _gain(run, closed_limit, slope, ceiling, r_star, shown, r_star_note):
     """``lim_{p -> 0} p (upper - 1)``: from the closed form, else ``1 - r*`` (mirror)."""
     candidates = []
     if closed_limit is not None:
@@ -888,4 +1225,12 @@ def _gain(run, closed_limit, slope, ceiling, r_star):
     for value, note in candidates:
         if _check_limit(run, value, "gain"):
             return value, note + "; checked against band_bounds at p = 1e-12"
-    return None, "no closed form: the limit is 1 - r*, and r* has none"
+    if r_star is not None:
+        return None, "not derived: neither the closed-form limit nor 1 - r* matched band_bounds at p = 1e-12"
+    if shown is None or not r_star_note.startswith(("transcendental", "algebraic")):
+        return None, "not derived: the limit is 1 - r* (mirror identity), and r* was not derived"
+    kind = r_star_note.split(":")[0]
+    return None, (
+        f"{kind}: the limit is 1 - r* (mirror identity), r* the root in (0, 1) of {shown} "
+        "(r_star_equation); no closed form"
+    )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from bandtheory import band_bounds, divergences
+from bandtheory import band_bounds, divergences, parsing
 from bandtheory.parsing import (
     MAX_LENGTH,
     TimeLimitExceeded,
@@ -146,6 +147,39 @@ def test_non_string_is_a_type_error():
 def test_f_of_one_not_zero_is_refused_with_the_value():
     with pytest.raises(ValueError, match=r"f\(1\) = 1 .*normalize=True"):
         divergences.from_expression("u**2")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("(u - 1)**2 + 1e-300", "1e-300"),  # read as the exact fraction 10**-300
+        ("(u - 1)**2 - 1e-95", "-1e-95"),
+        ("(u - 1)**2 + 2**-400", "3.87259e-121"),
+        ("(u - 1)**2 + exp(-250)", "2.66919e-109"),
+    ],
+)
+def test_tiny_nonzero_f_of_one_is_refused(text, shown):
+    # sympy decides these are nonzero; no numeric threshold may call them zero.
+    with pytest.raises(ValueError, match=r"f\(1\) = .*\(= " + re.escape(shown)):
+        divergences.from_expression(text)
+
+
+def test_tiny_f_of_one_is_normalised_and_reported():
+    div = divergences.from_expression("(u - 1)**2 + 1e-300", normalize=True)
+    assert sp.simplify(div.f - (U - 1) ** 2) == 0
+    assert "subtracted f(1) = 1/1" in div.extra["normalization"]
+
+
+def test_zero_test_trusts_sympy_and_falls_back_only_when_undecided():
+    undecided_zero = sp.log(2) + sp.log(3) - sp.log(6)
+    assert undecided_zero.is_zero is None
+    assert parsing._is_zero(undecided_zero) is True
+    # Undecided too, but 1e-109 at every precision: not zero.
+    tiny = sp.exp(-sp.Integer(250)) + undecided_zero
+    assert parsing._is_zero(tiny) is False
+    assert parsing._is_zero(sp.Rational(1, 10**300)) is False
+    assert parsing._is_zero(sp.Float(1e-300)) is False
+    assert parsing._is_zero(sp.Integer(0)) is True
 
 
 def test_normalisation_is_explicit_and_reported():

@@ -14,6 +14,8 @@ from bandtheory import band_bounds, divergences, symbolic
 from bandtheory.cli import main
 from bandtheory.symbolic import DELTA, P
 
+from . import _reference
+
 CLOSED = ["tv", "chi2", "neyman_chi2", "hellinger", "triangular", "alpha(2)", "alpha(1/2)", "alpha(-1)"]
 OPEN = ["kl", "reverse_kl", "js", "jeffreys"]
 SMOOTH = [n for n in CLOSED + OPEN if n != "tv"]
@@ -127,10 +129,72 @@ def test_numeric_closed_forms_agree_with_band_bounds_on_a_grid(name, derived):
         exact = band_bounds(np.log(p), name, delta=delta)
         upper = d.upper_numeric(p, delta=delta)
         lower = d.lower_numeric(p, delta=delta)
-        # Upper: relative 1e-12. Lower lies in [0, 1] and band_bounds is exact to 1e-12
-        # absolute there; relative accuracy near 0 is lost by cancellation in any formula.
         np.testing.assert_allclose(upper, exact.upper, rtol=1e-12, atol=0)
-        np.testing.assert_allclose(lower, exact.lower, rtol=1e-12, atol=1e-12)
+        # Relative 1e-12 on the lower bound too, wherever it is not tiny: the numeric
+        # callables evaluate the cancellation-free form (lower_stable). Tiny values (near
+        # the saturation threshold) are compared with mpmath in the next test, since
+        # band_bounds itself is only ~1e-12 absolute there.
+        big = exact.lower >= 1e-4
+        np.testing.assert_allclose(lower[big], exact.lower[big], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(lower[~big], exact.lower[~big], rtol=0, atol=1e-12)
+
+
+# Old probabilities down to 1e-8 and radii in [1e-3, 3]; no radius equals a p or 1 - p
+# of the grid, so that no point sits exactly on a saturation threshold (p = delta, ...),
+# where the mpmath bisection returns 1e-50-sized noise instead of 0.
+_SMALL_P = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99)
+_SMALL_P_DELTAS = (1e-3, 0.013, 0.13, 0.47, 1.0, 3.0)
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_numeric_closed_forms_are_accurate_down_to_small_p(name, derived):
+    """Relative 1e-12 against a 50-digit mpmath bisection, tiny lower bounds included."""
+    d = derived(name)
+    p = np.asarray(_SMALL_P)
+    mp.mp.dps = _reference.DPS
+    # The reference at exactly the float p the closed form gets (log taken at 50 digits).
+    log_p = [mp.log(mp.mpf(float(x))) for x in p]
+    for delta in _SMALL_P_DELTAS:
+        reference = [_reference.band_mp(name, lp, delta) for lp in log_p]
+        exact = band_bounds(np.log(p), name, delta=delta)
+        for side, got, numeric, ref in (
+            ("upper", d.upper_numeric(p, delta=delta), exact.upper, [float(b[1]) for b in reference]),
+            ("lower", d.lower_numeric(p, delta=delta), exact.lower, [float(b[0]) for b in reference]),
+        ):
+            ref = np.asarray(ref)
+            # Relative to the value itself: a tiny lower bound (1e-8 near the threshold)
+            # must be right to 1e-12 of itself, not to 1e-12 absolute.
+            np.testing.assert_allclose(
+                got, ref, rtol=1e-12, atol=0, err_msg=f"{side} vs mpmath, delta={delta}"
+            )
+            big = ref >= 1e-4
+            np.testing.assert_allclose(
+                got[big], numeric[big], rtol=1e-12, atol=0, err_msg=f"{side} vs band_bounds, delta={delta}"
+            )
+
+
+@pytest.mark.parametrize("name", ["neyman_chi2", "alpha(-1)", "chi2", "hellinger"])
+def test_lower_numeric_form_is_the_same_root_without_cancellation(name, derived):
+    d = derived(name)
+    # The displayed root is sympy's; the numeric form is a different expression of it.
+    assert d.lower_stable is not None and d.lower_stable != d.lower
+    assert d.upper_stable == d.upper  # X and Y sqrt(Z) have one sign: nothing to cancel
+    for p, delta in _unsaturated_points(name, n=6, seed=3):
+        subs = {P: sp.Rational(p), DELTA: sp.Rational(delta)}
+        a, b = sp.N(d.lower.subs(subs), 40), sp.N(d.lower_stable.subs(subs), 40)
+        assert abs(a - b) <= 1e-35 * abs(a)
+    assert "numeric form" in d.report()  # both forms are shown
+
+
+@pytest.mark.parametrize(
+    ("name", "p", "delta"), [("neyman_chi2", 1e-6, 1.0), ("alpha(-1)", 1e-6, 3.0), ("neyman_chi2", 1e-5, 1.0)]
+)
+def test_issue_points_are_accurate(name, p, delta, derived):
+    # Before the conjugate form: 3.5e-11, 5.7e-11 and 1.5e-12 absolute, on values near 1e-6.
+    mp.mp.dps = _reference.DPS
+    ref = float(_reference.band_mp(name, mp.log(mp.mpf(p)), delta)[0])
+    got = float(derived(name).lower_numeric(np.array([p]), delta=delta)[0])
+    assert abs(got - ref) <= 1e-14 * ref
 
 
 def test_numeric_closed_forms_run_on_torch(derived):
@@ -195,13 +259,48 @@ def test_saturation_relations_match_band_bounds(name, derived):
 # --------------------------------------------------------------------------------------
 
 
+_TRANSCENDENTAL = "transcendental in r (g contains log/exp of r): no closed form"
+
+
 @pytest.mark.parametrize("name", OPEN)
 def test_transcendental_bounds_say_no_closed_form(name, derived):
     d = derived(name)
     assert d.upper is None and d.lower is None
-    assert d.upper_note.startswith(("transcendental", "no closed form"))
+    assert d.upper_note.startswith(_TRANSCENDENTAL) and d.lower_note.startswith(_TRANSCENDENTAL)
+    assert "sympy.solve not attempted" in d.upper_note
     with pytest.raises(ValueError, match="no closed-form upper"):
         d.upper_numeric(np.array([0.5]), delta=0.1)
+
+
+@pytest.mark.parametrize("name", ["kl", "jeffreys"])
+def test_no_closed_form_reason_does_not_depend_on_the_time_limit(name, derived):
+    short = symbolic.derive(name, timeout=1.0)
+    assert short.upper is None and short.upper_note.startswith(_TRANSCENDENTAL)
+    # g itself may differ (simplified or not in time), its classification does not.
+    for d in (short, derived(name)):
+        assert "2 independent log/exp generators in r" in d.upper_note
+
+
+def test_single_generator_transcendental_equation_is_still_solved():
+    # f = max(0, -log u): on each side g has one log of r, so the root is elementary.
+    div = divergences.from_expression("(abs(log(u)) - log(u))/2", name="half_kl")
+    d = symbolic.derive(div, timeout=40)
+    assert d.upper is not None and d.lower is not None, (d.upper_note, d.lower_note)
+    assert sp.simplify(d.lower - sp.exp(-DELTA / P)) == 0
+    p = np.geomspace(1e-6, 0.99, 23)
+    for delta in (0.01, 0.3, 2.0):
+        exact = band_bounds(np.log(p), div, delta=delta)
+        np.testing.assert_allclose(d.upper_numeric(p, delta=delta), exact.upper, rtol=1e-10)
+        np.testing.assert_allclose(d.lower_numeric(p, delta=delta), exact.lower, rtol=1e-10)
+
+
+def test_unsolved_algebraic_equation_reports_its_degree():
+    div = divergences.from_expression("u**7/7 - u + 6/7", name="septic")
+    d = symbolic.derive(div, timeout=40)
+    assert d.upper is None and d.lower is None
+    for note in (d.upper_note, d.lower_note):
+        assert note.startswith("algebraic of degree 7 in r: no solution in radicals"), note
+        assert "transcendental" not in note
 
 
 @pytest.mark.slow
@@ -211,6 +310,70 @@ def test_derive_respects_its_time_limit():
     # A hang guard, not a benchmark: 2 s asked; the bound only catches a runaway.
     assert time.monotonic() - start < 30
     assert d.upper is None
+
+
+# --------------------------------------------------------------------------------------
+# User generators with kinks away from u = 1: derive degrades, never raises
+# --------------------------------------------------------------------------------------
+
+KINKED = [
+    "(u-1)**2 + abs(u-2) - 1",  # the issue's example (a NaN comparison in the threshold)
+    "(u - 3 + abs(u - 3))/2 + (u - 1)**2",  # max(u - 3, 0) + (u - 1)^2
+    "abs(u - 1)/2 + abs(u - 3) - 2",  # piecewise linear, kinks at 1 and 3
+    "abs(u - 1/2) - 1/2 + (u - 1)**2",  # kink on the lower side
+    "(u + 2 + abs(u - 2))/2 - 2 - log(u) + u - 1",  # max(u, 2) - 2 + KL generator
+]
+
+
+@pytest.mark.parametrize("text", KINKED)
+def test_kinks_away_from_one_derive_honestly(text):
+    div = divergences.from_expression(text)
+    d = symbolic.derive(div, timeout=20)
+    for key in ("upper", "lower", "r_star", "gain_limit"):
+        note = getattr(d, key + "_note")
+        assert isinstance(note, str) and note, key
+    for key in ("upper_threshold", "lower_threshold"):
+        assert getattr(d, key + "_note")
+    assert d.series_upper is None and d.series_note
+    # What was derived is right; what was not says why.
+    for side in ("upper", "lower"):
+        if getattr(d, side) is not None:
+            p = np.linspace(0.02, 0.98, 13)
+            exact = band_bounds(np.log(p), div, delta=0.1)
+            got = getattr(d, side + "_numeric")(p, delta=0.1)
+            np.testing.assert_allclose(got, getattr(exact, side), rtol=1e-10)
+    for relation, side in ((d.upper_threshold, "upper"), (d.lower_threshold, "lower")):
+        if relation is not None:
+            for p in (0.05, 0.5, 0.95):
+                band = band_bounds(math.log(p), div, delta=0.3)
+                saturated = band.upper >= (1 / p) * (1 - 1e-12) if side == "upper" else band.lower <= 1e-12
+                assert bool(relation.subs({P: p, DELTA: 0.3})) == bool(saturated)
+    if d.r_star is not None:
+        for delta in (0.05, 0.3):
+            assert float(d.r_star.subs(DELTA, delta)) == pytest.approx(
+                float(band_bounds(0.0, div, delta=delta).lower), abs=1e-12
+            )
+
+
+def test_a_failing_step_is_reported_not_raised(monkeypatch):
+    def broken(*args):
+        raise TypeError("Invalid NaN comparison")
+
+    monkeypatch.setattr(symbolic, "_threshold", broken)
+    monkeypatch.setattr(symbolic, "_r_star", broken)
+    d = symbolic.derive("chi2", timeout=40)
+    assert d.upper is not None  # the other steps still ran
+    assert d.upper_threshold is None and d.r_star is None
+    assert d.upper_threshold_note.startswith(
+        "not derived: matching the threshold failed (TypeError: Invalid NaN"
+    )
+    assert d.r_star_note.startswith("not derived: finding r* failed (TypeError")
+
+
+def test_cli_derives_a_kinked_generator(capsys):
+    assert main(["derive", "(u-1)**2 + abs(u-2) - 1", "--timeout", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "kink away from u = 1" in out
 
 
 # --------------------------------------------------------------------------------------
@@ -259,9 +422,32 @@ def test_gain_vanishes_slowly_when_the_slope_at_infinity_is_infinite(name, deriv
     assert np.all(np.diff(gains) < 0) and gains[-1] < gains[0] / 4
 
 
-def test_js_has_no_closed_r_star(derived):
+def test_js_r_star_is_given_by_its_transcendental_equation(derived):
     d = derived("js")
     assert d.r_star is None and d.gain_limit is None
+    assert d.r_star_note.startswith("transcendental: r* is the root in (0, 1) of")
+    assert "r* = 0 when delta >= log(2)" in d.r_star_note
+    assert d.gain_limit_note.startswith("transcendental: the limit is 1 - r*")
+    eq = d.r_star_equation
+    assert isinstance(eq, sp.Eq) and eq.rhs == DELTA and eq.free_symbols == {symbolic.R, DELTA}
+    assert d.latex["r_star_equation"] == sp.latex(eq) and r"\delta" in d.latex["r_star_equation"]
+    h = sp.lambdify((symbolic.R, DELTA), eq.lhs - eq.rhs, modules="mpmath")
+    for delta in (0.01, 0.05, 0.3, 0.6):
+        near_one = float(band_bounds(math.log1p(-1e-9), "js", delta=delta).lower)
+        at_one = float(band_bounds(0.0, "js", delta=delta).lower)
+        # lower(1 - 1e-9) is 1e-8 from r*; h' is O(1) there, h(r* + 0.01) is 3e-3 or more.
+        assert abs(float(h(near_one, delta))) < 1e-7
+        assert abs(float(h(at_one, delta))) < 1e-13
+        assert abs(float(h(at_one + 0.01, delta))) > 1e-3
+        # ... and the gain at p = 1e-12 is 1 - r* (mirror identity).
+        gain = 1e-12 * (float(band_bounds(math.log(1e-12), "js", delta=delta).upper) - 1)
+        assert gain == pytest.approx(1 - at_one, abs=1e-5)
+
+
+def test_r_star_equation_is_exposed_with_a_closed_form_too(derived):
+    d = derived("kl")
+    assert sp.simplify(d.r_star_equation.lhs + sp.log(symbolic.R)) == 0 and d.r_star_equation.rhs == DELTA
+    assert derived("chi2").r_star_equation is None  # f'(inf) = inf: r* = 1
 
 
 # --------------------------------------------------------------------------------------
