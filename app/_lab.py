@@ -18,6 +18,7 @@ _ITEMS = (
     ("upper_threshold", r"\mathrm{upper} = 1/p \iff", "", "upper_threshold_note", "upper_saturation"),
     ("lower_threshold", r"\mathrm{lower} = 0 \iff", "", "lower_threshold_note", "lower_saturation"),
     ("r_star", r"r^* = \lim_{p \to 1} \mathrm{lower}", "=", "r_star_note", None),
+    ("r_star_equation", r"r^*\ \text{solves}", "", None, None),
     ("gain_limit", r"\lim_{p \to 0} p\,(\mathrm{upper} - 1)", "=", "gain_limit_note", None),
     ("series_upper", r"\mathrm{upper}", r"\approx", "series_note", None),
     ("series_lower", r"\mathrm{lower}", r"\approx", None, None),
@@ -48,6 +49,8 @@ def show_derivation(text: str, name: str, normalize: bool) -> None:
         if value is None and fallback is not None:
             field, value = fallback, getattr(derivation, fallback, None)
         note = getattr(derivation, note_field, "") if note_field else ""
+        if value is None and field == "r_star_equation":
+            continue  # only where f'(inf) is finite (otherwise r* = 0 is shown above)
         left, right = st.columns([3, 2])
         if value is None:
             left.latex(rf"{shown}\ :\ \text{{none}}")
