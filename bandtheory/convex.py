@@ -18,10 +18,11 @@ Formulation (why it is DPP, and why masses). The variable is the new distributio
 ``pi`` itself; the divergence is the sum of the perspectives
 ``pi_old_x f(pi_x / pi_old_x)``, each bounded by an epigraph variable ``t_x`` through
 one cone per token (exponential cones for the KL family, rotated second-order cones
-for the chi-square family, linear rows for TV) in which the parameter ``pi_old`` enters
-affinely. With ``pi_old``, ``delta`` and the objective ``c`` as ``cvxpy.Parameter``s
-the program is DPP, so :class:`BandProblem` compiles once and re-solves sweeps over
-``delta``, ``pi_old`` and the token index without recompiling. Masses (not ratios
+for the chi-square family, 3-D power cones for ``alpha(a)`` outside a = 2, 1/2, -1,
+linear rows for TV) in which the parameter ``pi_old`` enters affinely. With
+``pi_old``, ``delta`` and the objective ``c`` as ``cvxpy.Parameter``s the program is
+DPP, so :class:`BandProblem` compiles once and re-solves sweeps over ``delta``,
+``pi_old`` and the token index without recompiling. Masses (not ratios
 ``pi / pi_old``, which reach ``1/p``) keep the cones of frequent tokens of order one;
 rare tokens that make the solver stall are retried with every cone rescaled (the
 perspective is 1-homogeneous, so the ball is unchanged). The exact form of each
@@ -39,13 +40,16 @@ exact root to ``3e-10 max(1, |value|)`` over p in [1e-6, 0.999] and delta in [0.
 ``p`` (ratios ``~ p/delta``, whose cones have entries ``1/r^2`` apart) owe their last
 digits to the refinement.
 
-Divergences without a DCP form (user divergences, ``alpha(a)`` with a large
-denominator) go through a cutting-plane scheme (Kelley's method in its
-supporting-hyperplane form): ``t_x >= f(w_x)`` is relaxed to tangent lines, the linear
-program is solved with HiGHS (an outer bound), the relaxed solution is pulled back
-along the segment to ``pi_old`` until the exact ``f`` says it is feasible (an inner
-bound, attained by a real distribution), and tangents at that boundary point are
-added. The result is a certified interval around the optimum.
+Divergences without a DCP form (user divergences) go through a cutting-plane scheme
+(Kelley's method in its supporting-hyperplane form): ``t_x >= f(w_x)`` is relaxed to
+tangent lines, the linear program is solved with HiGHS (an outer bound), the relaxed
+solution is pulled back along the segment to ``pi_old`` until the exact ``f`` says it
+is feasible (an inner bound, attained by a real distribution), and tangents at that
+boundary point are added. The result is a certified interval around the optimum, iterated until its
+width is ``rtol`` (default 1e-7) *relative to the value*, a small lower bound included.
+
+Every entry is checked once (``f(1) = 0`` and convexity, the validator's checks, cached
+per entry) before any solver runs: an entry built directly bypasses the parser.
 
 References:
     BandPO (arXiv 2603.04918), the Band operator as a convex program (section 3);
@@ -57,6 +61,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
@@ -113,6 +118,13 @@ _ATTEMPTS: tuple[tuple[Mapping[str, Any], bool], ...] = (
     ({"max_step_fraction": 0.9}, True),
     ({"iterative_refinement_enable": True, "max_step_fraction": 0.8}, False),
     ({"iterative_refinement_enable": True, "max_step_fraction": 0.8}, True),
+    # Power cones (alpha(a), a <= -2, K = 1000, lower bounds at small delta) can stall in
+    # all of the above; without equilibration, or with long steps and no presolve,
+    # Clarabel takes another path (at a = -2 and -3 these rescued every such solve).
+    ({"equilibrate_enable": False}, False),
+    ({"equilibrate_enable": False}, True),
+    ({"max_step_fraction": 0.99, "presolve_enable": False}, False),
+    ({"max_step_fraction": 0.99, "presolve_enable": False}, True),
 )
 
 _METHODS = ("auto", "dcp", "cutting_plane")
@@ -123,6 +135,12 @@ _INITIAL_CUTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 # tangents of f with f(0) = inf (KL) at tinier points only add huge LP coefficients.
 _CUT_MIN = 1e-9
 _MAX_SLOPE = 1e9
+# Absolute floor of the cutting-plane gap, in masses (scaled to the objective's units by
+# the largest |c|): a few ulps of the unit simplex, the resolution of sum(pi) = 1 in
+# float64. Only bounds that are 0 in float64 (a KL-type lower bound such as
+# exp(-delta/p) ~ 1e-44, whose pulled-back point has a ratio ~1e-16) stop on it;
+# exact zeros (saturated sides) are certified without an LP.
+_GAP_FLOOR = 4 * np.finfo(float).eps
 
 #: Status of a bound certified without a solve: the point ``pi_a = 1`` (upper) or
 #: ``pi_a = 0`` (lower, the rest in proportion to ``pi_old``) lies in the ball.
@@ -196,6 +214,36 @@ def _check_method(method: str) -> str:
     return method
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_generator_checks(div: _div.Divergence) -> tuple[tuple[str, bool, str], ...]:
+    """The validator's generator checks (:func:`_generator_checks`), once per entry.
+
+    Entries hash by identity (``Divergence`` has ``eq=False``) and registry entries are
+    cached objects, so every later solve with the same entry costs a dictionary lookup.
+    """
+    with np.errstate(all="ignore"):  # f near overflow (alpha(100) at u = 1e8) is skipped
+        return tuple(_generator_checks(div))
+
+
+def _checked_divergence(divergence: str | _div.Divergence) -> _div.Divergence:
+    """The registry entry, refused unless ``f(1) = 0`` and ``f`` is convex.
+
+    An entry built directly (``Divergence(name, f, ...)``) bypasses the parser's checks;
+    a non-convex ``f`` makes the "ball" non-convex, where a solver returns a local
+    answer for one side and a false infeasibility for the other. This runs before any
+    solver.
+    """
+    div = _div.get(divergence)
+    failed = [f"{name} fails ({detail})" for name, ok, detail in _cached_generator_checks(div)
+              if not ok]
+    if failed:
+        raise ValueError(
+            f"divergence {div.name!r} is refused before any solve: {'; '.join(failed)}; "
+            "a generator must satisfy f(1) = 0 and be convex on (0, inf)"
+        )
+    return div
+
+
 def _f_values(div: _div.Divergence, u: np.ndarray) -> np.ndarray:
     """``f(u)`` elementwise with ``f(0)`` taken as the limit ``f(0+)``."""
     u = np.asarray(u, dtype=np.float64)
@@ -249,7 +297,12 @@ def _solve(problem: Any, solver: str, options: Mapping[str, Any], context: str) 
     import cvxpy as cp
 
     try:
-        problem.solve(solver=solver, **dict(options))
+        with warnings.catch_warnings():
+            # cvxpy's own "Solution may be inaccurate" warning: the status is reported
+            # below as an InaccurateSolutionWarning that names the context and solver.
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate",
+                                    category=UserWarning)
+            problem.solve(solver=solver, **dict(options))
     except cp.error.SolverError as exc:
         raise ConvexSolveError("solver_error", solver, f"{context} ({exc})") from exc
     status = problem.status
@@ -363,8 +416,8 @@ class BandProblem:
 
     Args:
         k: Number of tokens ``K >= 2``.
-        divergence: A registry name or entry with an exact DCP form (every built-in,
-            ``alpha(2)``, ``alpha(1/2)``, ``alpha(-1)``).
+        divergence: A registry name or entry with an exact DCP form (every built-in
+            and every ``alpha(a)``).
         solver: A cvxpy solver name (default :data:`DEFAULT_CONE_SOLVER`).
         solver_options: Keyword options passed to the solver; for Clarabel they are
             laid over :data:`DEFAULT_SOLVER_OPTIONS`.
@@ -374,8 +427,8 @@ class BandProblem:
             segment to ``pi_old`` may leave them).
 
     Raises:
-        ValueError: For ``K < 2``, a divergence without a DCP form, or extra
-            constraints that break DCP/DPP.
+        ValueError: For ``K < 2``, a divergence that is not convex with ``f(1) = 0``
+            or has no DCP form, or extra constraints that break DCP/DPP.
     """
 
     def __init__(
@@ -391,7 +444,7 @@ class BandProblem:
 
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
             raise ValueError(f"k must be an integer >= 2, got {k!r}")
-        div = _div.get(divergence)
+        div = _checked_divergence(divergence)
         if div.dcp is None:
             raise ValueError(
                 f"divergence {div.name!r} has no exact DCP form; use "
@@ -460,7 +513,8 @@ class BandProblem:
             try:
                 with warnings.catch_warnings():
                     # cvxpy's own "may be inaccurate" warning; the status is handled here.
-                    warnings.simplefilter("ignore", UserWarning)
+                    warnings.filterwarnings("ignore", message="Solution may be inaccurate",
+                                            category=UserWarning)
                     self.problem.solve(solver=self.solver, **options)
                 status = str(self.problem.status)
             except cp.error.SolverError:
@@ -873,32 +927,39 @@ class _CuttingPlane:
     def minimise(self, c: np.ndarray, context: str) -> tuple[float, float, np.ndarray, int, bool, str]:
         """Minimise ``c @ pi``; return (outer bound, inner value, inner ratio point w,
         rounds, converged, last status)."""
-        import cvxpy as cp
-
         k = self.k
-        x = cp.Variable(2 * k)
-        pi, s = x[:k], x[k:]
-        base = [pi >= 0, cp.sum(pi) == 1, cp.sum(s) <= self.delta]
+        direct = self.solver == "HIGHS" and not self.solver_options
+        if not direct:
+            # cvxpy only for another LP solver: its import alone takes seconds.
+            import cvxpy as cp
+
+            x = cp.Variable(2 * k)
+            pi, s = x[:k], x[k:]
+            base = [pi >= 0, cp.sum(pi) == 1, cp.sum(s) <= self.delta]
         best_inner, best_w = math.inf, np.ones(k)
         outer = -math.inf
         status = ""
+        floor = _GAP_FLOOR * float(np.max(np.abs(c)))
         for rounds in range(1, self.max_iter + 1):
             a, b = self.model.matrices()
-            if self.solver == "HIGHS" and not self.solver_options:
+            if direct:
                 value, xv, status = _highs_lp(c, a, b, self.delta, k, context)
             else:
                 problem = cp.Problem(cp.Minimize(c @ pi), base + [a @ x <= b])
                 status = _solve(problem, self.solver, self.solver_options, context)
                 value, xv = float(problem.value), np.asarray(x.value, dtype=np.float64)
             w_r, s_r = np.maximum(xv[:k], 0.0) / self.pi_old, xv[k:]
-            # The relaxation only tightens, but keep the best bound seen in case the LP
-            # tolerance makes one round's value dip.
-            outer = max(outer, value)
             w_b = _pull_back(self.div, self.pi_old, w_r, self.delta)
             inner = float(c @ (self.pi_old * w_b))
             if inner < best_inner:
                 best_inner, best_w = inner, w_b
-            if best_inner - outer <= self.rtol * max(1.0, abs(best_inner)):
+            # The relaxation only tightens, so keep the best bound seen (one round's LP
+            # value may dip within the LP's tolerance). A value above an attained
+            # feasible point is the LP's own error, not a bound (seen at 1e-10 in masses
+            # where slopes near _MAX_SLOPE make rows ill-conditioned): it is not kept.
+            if value <= best_inner + floor:
+                outer = max(outer, value)
+            if best_inner - outer <= max(self.rtol * abs(best_inner), floor):
                 return outer, best_inner, best_w, rounds, True, status
             with np.errstate(all="ignore"):
                 share = self.pi_old * _f_values(self.div, w_r)
@@ -1009,7 +1070,10 @@ def convex_band(
         solver_options: Keyword options for the solver.
         constraints: Extra constraints ``callable(pi) -> list`` (DCP path only).
         rtol: Cutting plane: stop when the certified interval is narrower than
-            ``rtol * max(1, |value|)``.
+            ``rtol * |value|`` (relative also for a small lower bound; an absolute floor
+            of ``4 eps / p`` in ratio units, the float64 resolution of the token's mass
+            in the unit simplex, only lets a bound that is 0 in float64 stop; exact
+            zeros, saturated sides, are certified without a solve).
         max_iter: Cutting plane: at most this many linear programs per bound; a bound
             that does not reach ``rtol`` is reported with ``converged=False``.
 
@@ -1018,15 +1082,16 @@ def convex_band(
         reached at each optimum.
 
     Raises:
-        ValueError: For a malformed ``pi_old``, index, ``delta`` or method, or a
-            method that the divergence does not support.
+        ValueError: For a malformed ``pi_old``, index, ``delta`` or method, a method
+            that the divergence does not support, or a divergence whose ``f`` is not
+            convex or has ``f(1) != 0`` (checked once per entry, before any solver).
         ConvexSolveError: If a solve is infeasible, unbounded or the solver fails
             (the message names the status and the solver).
 
     References:
         BandPO (arXiv 2603.04918), the Band operator; THEORY.md section 2.
     """
-    div = _div.get(divergence)
+    div = _checked_divergence(divergence)
     method = _check_method(method)
     pi_old = _check_distribution(pi_old, name="pi_old", positive=True)
     delta = _check_delta(delta)
@@ -1107,6 +1172,17 @@ def project(
     lets every token sit on its own Band edge at once, which no single distribution in
     the ball does; this answers how far such a whole update is from the trust region.
 
+    A target with zeros. ``KL(pi || pi_target)`` is finite only when ``pi`` vanishes
+    wherever ``pi_target`` does, so with ``metric="kl"`` the program lives on the
+    target's support ``S``. Among distributions on ``S`` the one closest to ``pi_old``
+    is ``pi_old`` renormalised on ``S`` (Jensen: ``sum_S pi_old f(w) >= m f(1/m)`` with
+    ``m = pi_old(S)``, equality at ``w = 1/m``), whose divergence
+    ``m f(1/m) + (1 - m) f(0+)`` is computed exactly first: above ``delta`` the
+    projection does not exist and a ``ValueError`` says so (always for ``f(0+) = inf``,
+    e.g. ``kl``); otherwise only the tokens of ``S`` are solved for, under the radius
+    left after the fixed share ``(1 - m) f(0+)`` of the others. The Euclidean metric
+    has no such restriction.
+
     Args:
         pi_target: Proposed distribution, shape ``(K,)``, entries ``>= 0``, sum 1.
         pi_old: Old distribution, shape ``(K,)``, entries ``> 0``, sum 1.
@@ -1120,13 +1196,14 @@ def project(
         :class:`Projection`.
 
     Raises:
-        ValueError: For malformed inputs, an unknown metric, mismatched shapes or a
-            divergence without a DCP form.
+        ValueError: For malformed inputs, an unknown metric, mismatched shapes, a
+            divergence that is not convex with ``f(1) = 0`` or has no DCP form, or (metric
+            ``"kl"``) a target whose support cannot reach the ball.
         ConvexSolveError: If the solve is infeasible, unbounded or fails.
     """
     import cvxpy as cp
 
-    div = _div.get(divergence)
+    div = _checked_divergence(divergence)
     if metric not in _METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(_METRICS)}")
     pi_target = _check_distribution(pi_target, name="pi_target", positive=False)
@@ -1139,25 +1216,47 @@ def project(
     target_div = f_divergence(pi_target, pi_old, div)
     if target_div <= delta:
         return Projection(pi_target, 0.0, target_div, target_div, True, "inside", "none", metric)
-    solver = DEFAULT_CONE_SOLVER if solver is None else str(solver)
     k = pi_old.size
-    pi = cp.Variable(k, nonneg=True)
+    support = pi_target > 0 if metric == "kl" else np.ones(k, dtype=bool)
+    radius = delta
+    if not support.all():
+        outside = float(pi_old[~support].sum())
+        closest = np.where(support, pi_old / float(pi_old[support].sum()), 0.0)
+        needed = f_divergence(closest, pi_old, div)
+        if not needed <= delta:
+            raise ValueError(
+                f"no distribution in the {div.name} ball of radius delta={delta:g} around "
+                f"pi_old is KL-close to pi_target: pi_target is 0 on {int((~support).sum())} "
+                f"of {k} tokens, which hold pi_old mass {outside:.6g} (support mass "
+                f"{1.0 - outside:.6g}); KL(pi || pi_target) < inf needs pi = 0 there, and the "
+                f"closest such distribution (pi_old renormalised on the support) has "
+                f"{div.name} divergence {needed:.6g} > delta; "
+                + (f"f(0+) is infinite for {div.name}, so no delta allows it; use "
+                   "metric='euclidean'" if math.isinf(needed)
+                   else f"use delta >= {needed:.6g} or metric='euclidean'")
+            )
+        # The tokens off the support contribute pi_old f(0) each, a constant.
+        radius = delta - outside * float(div.f_at_0)
+    solver = DEFAULT_CONE_SOLVER if solver is None else str(solver)
+    target_s = pi_target[support]
+    pi_s = cp.Variable(int(support.sum()), nonneg=True)
     if metric == "kl":
-        objective = cp.sum(cp.rel_entr(pi, pi_target))
+        objective = cp.sum(cp.rel_entr(pi_s, target_s))
     else:
-        objective = cp.sum_squares(pi - pi_target)
-    terms, cones = div.dcp(pi, pi_old)
-    problem = cp.Problem(cp.Minimize(objective), [cp.sum(pi) == 1, cp.sum(terms) <= delta, *cones])
+        objective = cp.sum_squares(pi_s - target_s)
+    terms, cones = div.dcp(pi_s, pi_old[support])
+    problem = cp.Problem(cp.Minimize(objective),
+                         [cp.sum(pi_s) == 1, cp.sum(terms) <= radius, *cones])
     status = _solve(problem, solver, dict(solver_options or {}),
-                    f"projection ({div.name}, delta={delta:g}, metric={metric}, K={k})")
-    pi_value = np.maximum(np.asarray(pi.value, dtype=np.float64), 0.0)
+                    f"projection ({div.name}, delta={delta:g}, metric={metric}, K={k}"
+                    + ("" if support.all() else f", on the target's {pi_s.size}-token support")
+                    + ")")
+    pi_value = np.zeros(k)
+    pi_value[support] = np.maximum(np.asarray(pi_s.value, dtype=np.float64), 0.0)
     pi_value = pi_value / pi_value.sum()
     if metric == "kl":
-        with np.errstate(all="ignore"):
-            ratio = np.where(pi_value > 0, pi_value / np.where(pi_target > 0, pi_target, 1.0), 1.0)
-            terms = np.where(pi_value > 0, pi_value * np.log(ratio), 0.0)
-            terms = np.where((pi_value > 0) & (pi_target <= 0), np.inf, terms)
-        distance = float(terms.sum())
+        on = pi_value > 0  # a subset of the support: KL is finite
+        distance = float(np.sum(pi_value[on] * np.log(pi_value[on] / pi_target[on])))
     else:
         distance = float(np.linalg.norm(pi_value - pi_target))
     return Projection(pi_value, distance, f_divergence(pi_value, pi_old, div), target_div,
@@ -1168,12 +1267,18 @@ def project(
 # The validator
 # --------------------------------------------------------------------------------------
 
-#: Tolerance of convex-vs-numeric agreement: ``|a - b| <= CONVEX_RTOL max(1, |b|)``
-#: (relative for ratios above 1, absolute below: a lower bound near 0 is a ratio whose
-#: scale is 1, not its own size).
+#: Tolerance of convex-vs-numeric agreement, relative: ``|a - b| <= max(CONVEX_RTOL |b|,
+#: RATIO_ATOL)`` (a lower bound of 1e-3 is checked to 1e-9, not to 1e-6).
 CONVEX_RTOL = 1e-6
-#: Tolerance of closed-form-vs-numeric agreement (both exact in float64).
+#: Tolerance of closed-form-vs-numeric agreement (both exact in float64), relative in the
+#: same way.
 CLOSED_FORM_RTOL = 1e-9
+#: Absolute floor of every agreement tolerance, in ratio units: a ratio below it is 0 to
+#: float64 (exact zeros are saturated sides; the KL-type lower bounds ``~exp(-delta/p)``,
+#: down to 1e-218 on the default grid, come back from the projector as masses ~1e-43
+#: that float64 sums with order-one masses cannot resolve; a side exactly at its
+#: saturation threshold, chi2 at p = delta / (1 + delta), is solved to 3e-14).
+RATIO_ATOL = 1e-12
 
 _DEFAULT_DELTAS = (0.01, 0.05, 0.2, 1.0)
 _DEFAULT_PS = (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999)
@@ -1191,9 +1296,13 @@ class ValidationReport:
         comparisons: A pandas DataFrame, one row per comparison: ``source`` (``grid`` or
             ``dirichlet``), ``k``, ``seed``, ``index``, ``p``, ``delta``, ``side``,
             ``pair``, ``value_a``, ``value_b``, ``abs_diff``, ``rel_diff``
-            (``abs_diff / max(1, |value_b|)``), ``tol``, ``ok``.
-        summary: A DataFrame per route pair: max abs/rel disagreement, worst p and
-            delta, tolerance, verdict.
+            (``abs_diff / |value_b|``; 0 where both are 0, ``inf`` where only
+            ``value_b`` is 0), ``tol`` (``max(rtol |value_b|, RATIO_ATOL)``),
+            ``relative`` (whether ``rtol |value_b| >= RATIO_ATOL``), ``ok``.
+        summary: A DataFrame per route pair: max abs disagreement, max relative
+            disagreement over the rows where the tolerance is relative
+            (``rtol |b| >= RATIO_ATOL``), the worst row's p and delta (largest
+            ``abs_diff / tol``), tolerance, verdict.
         passed: Every check and every comparison within tolerance.
         method: The convex method used (``dcp`` or ``cutting_plane``).
     """
@@ -1313,10 +1422,12 @@ def validate(
        The Dirichlet rows test the reduction theorem: the full-simplex optimum equals
        the one-dimensional root whatever the rest of ``pi_old`` is.
 
-    Tolerances: convex vs numeric ``|a - b| <= CONVEX_RTOL max(1, |b|)`` (1e-6);
-    closed form vs numeric ``CLOSED_FORM_RTOL max(1, |b|)`` (1e-9). The default grid
-    starts at p = 1e-4, the range the projector's accuracy is stated for
-    (``benchmarks/README.md``).
+    Tolerances, relative to the reference value ``b`` (a small lower bound is checked
+    to its own scale): convex vs numeric ``|a - b| <= max(CONVEX_RTOL |b|, RATIO_ATOL)``
+    (1e-6); closed form vs numeric ``max(CLOSED_FORM_RTOL |b|, RATIO_ATOL)`` (1e-9);
+    the floor ``RATIO_ATOL = 1e-12`` only admits ratios that are 0 to float64 (see
+    :data:`RATIO_ATOL`). The default grid starts at p = 1e-4, the range the
+    projector's accuracy is stated for (``benchmarks/README.md``).
 
     Args:
         divergence: A registry name, a typed expression in ``u``, or an entry.
@@ -1346,7 +1457,7 @@ def validate(
     ks = [int(x) for x in k]
     if any(x < 2 for x in ks) or int(grid_k) < 2:
         raise ValueError(f"distribution sizes must be >= 2, got k={ks}, grid_k={grid_k}")
-    checks = _generator_checks(div)
+    checks = list(_cached_generator_checks(div))
     if not all(ok for _, ok, _ in checks):
         empty = pd.DataFrame()
         return ValidationReport(div.name, tuple(checks), empty, empty, False, method)
@@ -1368,18 +1479,20 @@ def validate(
     def compare(source, size, seed, idx, p, delta, values):
         for side in ("lower", "upper"):
             ref = values["band_bounds"][side]
-            pairs = [("convex vs band_bounds", values["convex"][side], ref,
-                      CONVEX_RTOL * max(1.0, abs(ref)))]
+            pairs = [("convex vs band_bounds", values["convex"][side], ref, CONVEX_RTOL)]
             if "closed_form" in values:
                 pairs.append(("closed_form vs band_bounds", values["closed_form"][side], ref,
-                              CLOSED_FORM_RTOL * max(1.0, abs(ref))))
+                              CLOSED_FORM_RTOL))
                 pairs.append(("closed_form vs convex", values["closed_form"][side],
-                              values["convex"][side], CONVEX_RTOL * max(1.0, abs(ref))))
-            for pair, a, b, tol in pairs:
+                              values["convex"][side], CONVEX_RTOL))
+            for pair, a, b, rtol in pairs:
                 diff = abs(a - b) if math.isfinite(a) and math.isfinite(b) else math.inf
+                tol = max(rtol * abs(b), RATIO_ATOL)
+                rel = diff / abs(b) if b != 0 else (0.0 if diff == 0 else math.inf)
                 rows.append(dict(source=source, k=size, seed=seed, index=idx, p=p, delta=delta,
                                  side=side, pair=pair, value_a=a, value_b=b, abs_diff=diff,
-                                 rel_diff=diff / max(1.0, abs(b)), tol=tol, ok=bool(diff <= tol)))
+                                 rel_diff=rel, tol=tol, relative=bool(rtol * abs(b) >= RATIO_ATOL),
+                                 ok=bool(diff <= tol)))
 
     def run(source, size, seed, pi_old, indices, solve):
         for delta in deltas:
@@ -1423,28 +1536,38 @@ def validate(
     table = pd.DataFrame(rows)
     summary = []
     for pair, group in table.groupby("pair", sort=False):
-        worst = group.loc[group["rel_diff"].idxmax()]
+        worst = group.loc[(group["abs_diff"] / group["tol"]).idxmax()]
+        rtol = CLOSED_FORM_RTOL if pair.startswith("closed_form vs band") else CONVEX_RTOL
         summary.append(dict(pair=pair, n=len(group), max_abs=group["abs_diff"].max(),
-                            max_rel=group["rel_diff"].max(), worst_p=worst["p"],
+                            max_rel=_max_relative(group), worst_p=worst["p"],
                             worst_delta=worst["delta"],
-                            tolerance=("1e-9*max(1,|b|)" if pair.startswith("closed_form vs band")
-                                       else "1e-6*max(1,|b|)"),
+                            tolerance=f"{rtol:.0e}*|b|, >= {RATIO_ATOL:.0e}",
                             ok=bool(group["ok"].all())))
     summary = pd.DataFrame(summary)
     dirichlet = table[(table["source"] == "dirichlet") & (table["pair"] == "convex vs band_bounds")]
     if len(dirichlet):
         checks.append(("reduction theorem", bool(dirichlet["ok"].all()),
-                       f"convex optimum over {len(dirichlet) // (2 * len(deltas)) * 1} random full "
+                       f"convex optimum over {len(dirichlet) // (2 * len(deltas))} random full "
                        f"distributions' tokens equals the 1-D root: max rel disagreement "
-                       f"{dirichlet['rel_diff'].max():.2e}"))
+                       f"{_max_relative(dirichlet):.2e} (tolerance {CONVEX_RTOL:g} relative, "
+                       f"ratios below {RATIO_ATOL:g} count as 0)"))
     if failures:
         checks.append(("convex solves", False, f"{len(failures)} failed; first: {failures[0]}"))
     passed = all(ok for _, ok, _ in checks) and bool(summary["ok"].all())
     return ValidationReport(div.name, tuple(checks), table, summary, passed, method)
 
 
+def _max_relative(rows: Any) -> float:
+    """The largest ``rel_diff`` among rows whose tolerance is relative (0 if none)."""
+    part = rows.loc[rows["relative"], "rel_diff"]
+    return float(part.max()) if len(part) else 0.0
+
+
 def validation_figure(report: ValidationReport) -> Any:
     """A matplotlib figure of the disagreement against ``p``, one panel per side.
+
+    Each comparison is drawn as ``|a - b| / tol``, its disagreement in units of its own
+    tolerance (relative, with the absolute floor): a point above 1 is a FAIL.
 
     Args:
         report: A :class:`ValidationReport` with comparisons.
@@ -1461,14 +1584,19 @@ def validation_figure(report: ValidationReport) -> Any:
         if len(table):
             part = table[table["side"] == side]
             for pair, group in part.groupby("pair", sort=False):
-                ax.scatter(group["p"], np.maximum(group["abs_diff"], 1e-17), s=12, label=pair, alpha=0.7)
-            ps = np.logspace(np.log10(part["p"].min()), np.log10(part["p"].max()), 100)
-            ax.axhline(CONVEX_RTOL, color="k", ls="--", lw=1, label="convex tolerance (at |b| <= 1)")
+                # Exact agreement is drawn at the bottom of the log axis, a failed solve
+                # (no value) at the top.
+                diff, tol = group["abs_diff"].to_numpy(), group["tol"].to_numpy()
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(diff == 0, 0.0, diff / tol)
+                ratio = np.clip(np.nan_to_num(ratio, nan=1e6, posinf=1e6), 1e-12, 1e6)
+                ax.scatter(group["p"], ratio, s=12, label=pair, alpha=0.7)
+            ax.axhline(1.0, color="k", ls="--", lw=1, label="tolerance")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("old probability p")
         ax.set_title(f"{side} bound")
-    axes[0].set_ylabel("absolute disagreement")
+    axes[0].set_ylabel("|a - b| / tolerance")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"validation of {report.divergence}: {'PASS' if report.passed else 'FAIL'}")
     return fig
