@@ -1375,14 +1375,14 @@ def _generator_checks(div: _div.Divergence) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def _closed_form(div: _div.Divergence) -> tuple[Any, str]:
+def _closed_form(div: _div.Divergence, timeout: float) -> tuple[Any, str]:
     """``(callable(p, delta) -> (lower, upper) or None, detail)`` from the symbolic engine."""
     try:
         from . import symbolic
     except ImportError:
         return None, "symbolic engine unavailable"
     try:
-        result = symbolic.derive(div)
+        result = symbolic.derive(div, timeout=timeout)
     except Exception as exc:  # the engine is a separate layer; report, do not crash
         return None, f"symbolic derivation failed: {type(exc).__name__}: {exc}"
     if not getattr(result, "closed_form", False):
@@ -1407,6 +1407,7 @@ def validate(
     grid_k: int = 50,
     method: str = "auto",
     solver: str | None = None,
+    derive_timeout: float = 20.0,
 ) -> ValidationReport:
     """Check a divergence: generator, closed form, numeric root and convex program agree.
 
@@ -1438,6 +1439,10 @@ def validate(
         grid_k: Size of the grid distributions.
         method: Convex method (``auto``, ``dcp``, ``cutting_plane``).
         solver: Solver name for the convex route.
+        derive_timeout: Seconds of sympy work allowed for the closed form (step 3),
+            ``> 0``. Generous: a derivation stops as soon as it is done (a transcendental
+            equation is recognised at once), and a closed form that misses the budget
+            on a loaded machine would silently drop one route of the comparison.
 
     Returns:
         :class:`ValidationReport`.
@@ -1450,6 +1455,10 @@ def validate(
 
     div = _resolve(divergence)
     method = _check_method(method)
+    if isinstance(derive_timeout, bool) or not isinstance(derive_timeout, (int, float)) or not (
+        derive_timeout > 0 and math.isfinite(derive_timeout)
+    ):
+        raise ValueError(f"derive_timeout must be a finite number of seconds > 0, got {derive_timeout!r}")
     deltas = [_check_delta(d) for d in deltas]
     ps = [float(p) for p in ps]
     if not ps or any(not (0.0 < p < 1.0) for p in ps):
@@ -1461,7 +1470,7 @@ def validate(
     if not all(ok for _, ok, _ in checks):
         empty = pd.DataFrame()
         return ValidationReport(div.name, tuple(checks), empty, empty, False, method)
-    closed, detail = _closed_form(div)
+    closed, detail = _closed_form(div, derive_timeout)
     checks.append(("closed form", True, detail))
     if method == "auto":
         method = "dcp" if div.dcp is not None else "cutting_plane"

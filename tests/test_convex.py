@@ -292,6 +292,12 @@ def test_validate_passes_on_builtin_small():
 
 
 @pytest.mark.skipif(not hasattr(divergences, "from_expression"), reason="symbolic engine absent")
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "5"])
+def test_validate_refuses_a_bad_derive_timeout(bad):
+    with pytest.raises(ValueError, match="derive_timeout"):
+        validate("chi2", deltas=(0.1,), ps=(0.5,), k=(5,), seeds=(0,), derive_timeout=bad)
+
+
 def test_validate_closed_form_respects_saturation():
     # Hellinger's closed-form lower root is spurious where the lower side is saturated
     # (p = 1e-4, delta = 0.01: the true lower bound is 0, the raw root is > 1).
