@@ -26,10 +26,20 @@ cancels catastrophically: the upper bound keeps its relative accuracy for ``p`` 
 to the smallest normal double and the lower bound its absolute accuracy when
 ``exp(-y)`` underflows. ``G`` is increasing in ``y``; it is solved by Newton's method
 safeguarded by a bracket (bisection or doubling when a step leaves it), started at the
-small-``delta`` solution ``y0 = sqrt(2 delta b / (f''(1) a))``. Saturation is decided
-first and exactly: ``G(inf) = a f(0+) + b f(1 + a/b) <= delta`` gives ``lower = 0`` or
-``upper = 1/p``. At ``p = 1`` the term ``b f(1 + c/b)`` is replaced by its perspective
-limit ``c f'(inf)``, which gives ``[r*, 1]``.
+small-``delta`` solution ``y0 = sqrt(2 delta b / (f''(1) a))``. Above the root the
+Newton step is taken in ``(log y, log G)``: a tail that grows like a power of ``y``
+(``alpha(a)``, ``a > 2``, at tiny ``p``, where ``y0`` is dozens of orders of magnitude
+too large) is then a straight line, where Newton in ``y`` needs hundreds of steps.
+Saturation is decided first and exactly: ``G(inf) = a f(0+) + b f(1 + a/b) <= delta``
+gives ``lower = 0`` or ``upper = 1/p``. At ``p = 1`` the term ``b f(1 + c/b)`` is
+replaced by its perspective limit ``c f'(inf)``, which gives ``[r*, 1]``.
+
+Large inputs (32768 tokens or more) skip the bracket: a fixed number of Newton steps,
+in ``w = e^{-m y}`` with ``m`` the order of ``f(v) - f(0)`` at ``v = 0``
+(:func:`_newton_power`), from a table start (:mod:`bandtheory.fast`: the fast table if
+cached, else a small start table built once per ``(divergence, delta)``). The number of
+steps is certified against the safeguarded solver when the table is built; it is a
+constant, so nothing depends on the data and nothing synchronises with the host.
 
 References:
     BandPO (arXiv 2603.04918), the Band operator and its reduction to one dimension
@@ -38,6 +48,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
@@ -138,20 +149,34 @@ def _to_numpy(xp: Any, x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _rounding_tolerance(dtype: Any) -> float:
+    """Largest log-probability accepted as rounding above 0: ``8 eps`` of ``dtype``.
+
+    ``eps`` is that of the dtype in which :func:`validate_log_prob` reads the values
+    (NumPy has no bfloat16, so bfloat16 is read, and judged, as float32), so the
+    check and the unchecked hot path (``check_input=False``) agree on what is invalid.
+    """
+    name = str(dtype).rsplit(".", 1)[-1]
+    if name == "bfloat16":
+        name = "float32"
+    return 8.0 * float(np.finfo(np.dtype(name)).eps)
+
+
 def validate_log_prob(x: Any, xp: Any, *, name: str = "old_log_prob") -> None:
     """Raise ``ValueError`` for NaN or positive (beyond rounding) log-probabilities.
 
-    This needs the values on the host (a device synchronisation for GPU tensors).
+    Positive means above :func:`_rounding_tolerance` (``8 eps`` of the dtype), which
+    includes ``+inf``. This needs the values on the host (a device synchronisation
+    for GPU tensors).
     """
     values = _to_numpy(xp, x)
-    eps = float(np.finfo(values.dtype).eps)
     bad_nan = np.isnan(values)
     if bad_nan.any():
         raise ValueError(
             f"{name} contains NaN in {int(bad_nan.sum())} entries (first at index "
             f"{_first_index(bad_nan)}); log-probabilities must be <= 0 or -inf"
         )
-    bad_pos = values > 8.0 * eps
+    bad_pos = values > _rounding_tolerance(values.dtype)
     if bad_pos.any():
         raise ValueError(
             f"{name} is positive in {int(bad_pos.sum())} entries (first at index "
@@ -231,15 +256,26 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
         above = ~(value <= delta)  # NaN or overflow counts as "beyond the root"
         hi = xp.where(above, xp.minimum(hi, y), hi)
         lo = xp.where(above, lo, xp.maximum(lo, y))
+        # Above the root the step is Newton's in (log y, log G): where the tail grows
+        # like a power y^k (alpha(a), a > 2, at tiny p: k = a) Newton in y only shrinks
+        # y by 1 - 1/k per step, and from the small-delta start that takes hundreds of
+        # steps; in log-log coordinates a power is a line. Near the root both steps
+        # agree to second order. Below the root (and where G is not finite) it is
+        # Newton's in y.
         newton = y - (value - delta) / deriv
+        newton = xp.where(above & (value < math.inf),
+                          y * xp.exp(-xp.log(value / delta) * value / (y * deriv)), newton)
         # Newton is taken when it stays in the bracket and at least halves the step of
         # two iterations ago (as in Numerical Recipes' rtsafe); otherwise the bracket is
         # split: geometrically while it spans orders of magnitude (G can grow like
         # exp(y), e.g. Neyman chi2 at tiny p), else at its midpoint, or doubled while
-        # it is still open above.
+        # it is still open above. Where G overflows and nothing below the root is known
+        # yet, the root can be dozens of orders of magnitude lower (f(w) ~ w^a
+        # overflows for a tail far beyond it): y shrinks by 2^-64 at once.
         accept = (newton >= lo) & (newton <= hi) & (xp.abs(newton - y) <= 0.5 * step_old)
         wide = (lo > 0) & (hi > 4.0 * lo)
-        split = xp.where(wide, xp.sqrt(lo * hi), 0.5 * (lo + hi))
+        split = xp.where(wide, xp.sqrt(lo) * xp.sqrt(hi), 0.5 * (lo + hi))  # lo * hi underflows
+        split = xp.where((lo > 0) | (value < math.inf), split, 5.421010862427522e-20 * hi)
         fallback = xp.where(hi < math.inf, split, 2.0 * y + 1.0)
         y_next = xp.where(accept, newton, fallback)
         converged = (xp.abs(y_next - y) <= _RTOL * y_next) | (hi - lo <= _RTOL * lo)
@@ -256,16 +292,38 @@ def _solve_side(xp, div, a, b, delta, *, early_exit: bool):
     return y
 
 
+@functools.lru_cache(maxsize=256)
+def _newton_power(div: _div.Divergence) -> float:
+    """Exponent ``m`` of the Newton variable ``w = v^m = e^{-m y}`` of :func:`_polish_side`.
+
+    ``m`` is the order of ``f(v) - f(0+)`` as ``v -> 0`` (``G`` is then about linear in
+    ``w`` next to a saturation kink, where the root ``v`` is tiny): ``0`` (Newton in
+    ``y``) where ``f(0+) = inf``, ``1/2`` for Hellinger, ``a`` for ``alpha(a)`` with
+    ``0 < a < 1``, else ``1`` (``v`` itself; also for ``v log v``, whose estimate is
+    ``0.95``). Estimated from ``f`` at ``v = 1e-6`` and ``1e-12`` and cached on the
+    entry (by identity). Any ``m`` in ``[0, 1]`` gives Newton's method, quadratic at the
+    root; ``m`` only sets how far from the root a start may be (the number of steps is
+    certified either way).
+    """
+    if not math.isfinite(div.f_at_0):
+        return 0.0
+    with np.errstate(all="ignore"):
+        diff = div.f_num(np, np.asarray([1e-6, 1e-12])) - div.f_at_0
+        est = float(np.log(diff[0] / diff[1]) / np.log(1e6))
+    return est if 0.0 < est < 0.9 else 1.0
+
+
 def _polish_side(xp, div, a, b, delta, y, *, safeguard: bool, steps: int):
-    """Root ``y`` from a certified table start by a fixed number of Newton steps.
+    """Root ``y`` from a table start by a fixed number of Newton steps.
 
     ``steps`` is certified when the table is built: the fewest steps that reach
     ``1e-12`` (relative for ``upper``, absolute for ``lower``) against the safeguarded
-    solver on the table's dense check grid (eight points per piece of width ``<= 1/8``
-    in the logit), so the fixed steps are the whole method, on every backend. With
-    ``safeguard`` (NumPy) a token where Newton visibly fails (a non-finite or
-    non-positive iterate) is re-solved by the safeguarded solver, which converges from
-    any start. Saturation is decided exactly as in :func:`_solve_side`.
+    solver on the table's dense check grid (the error peaks of every piece and 256
+    points on each side of each saturation kink), so the fixed steps are the whole
+    method, on every backend. With ``safeguard`` (NumPy) a token where Newton visibly
+    fails (a non-finite or non-positive iterate) is re-solved by the safeguarded
+    solver, which converges from any start. Saturation is decided exactly as in
+    :func:`_solve_side`.
     """
     b_pos = b > 0
     b_safe = xp.where(b_pos, b, 1.0)
@@ -275,12 +333,30 @@ def _polish_side(xp, div, a, b, delta, y, *, safeguard: bool, steps: int):
     if math.isfinite(div.f_at_0):
         saturated = (_saturation_value(xp, div, a_safe, b, b_pos, b_safe) <= delta) & a_pos
     failed = None
+    # Newton in w = v^m = e^{-m y} (v the ratio of the shrinking mass) where f(0) is
+    # finite, m the order of f(v) - f(0) at v = 0 (_newton_power): G is then about
+    # linear in w as v -> 0, so a start next to a saturation kink (y far from the root,
+    # G' ~ e^{-m y}) converges in a few steps, where Newton in y moves y by about 1/m a
+    # step (and Newton in v, for Hellinger's sqrt(v), only halves log v a step). Where
+    # f(0) = inf, G grows like y (KL's -log v) and Newton in y (m = 0) is the one that
+    # is exact there. All are Newton's method, quadratic near the root.
+    power = _newton_power(div)
     for _ in range(steps):
         value, deriv = _objective(xp, div, a_safe, b, b_pos, b_safe, y, div.slope_at_inf)
-        y_next = y - (value - delta) / deriv
+        ratio = (value - delta) / deriv
+        if power == 1.0:
+            y_next = y - xp.log1p(ratio)
+        elif power > 0.0:
+            y_next = y - xp.log1p(power * ratio) * (1.0 / power)
+        else:
+            y_next = y - ratio
         ok = xp.isfinite(y_next) & (y_next > 0)
-        failed = ~ok if failed is None else failed | ~ok
-        y = xp.where(ok, y_next, y)
+        if safeguard:
+            failed = ~ok if failed is None else failed | ~ok
+        # A rejected step still moves y by a factor 2 towards the root: next to a
+        # saturation kink G is flat far above the root (G' ~ e^-y), so Newton from a
+        # start clipped at lower = 1e-16 lands below 0, and staying put would never end.
+        y = xp.where(ok, y_next, xp.where(value > delta, 0.5 * y, 2.0 * y))
     if safeguard and failed is not None:
         bad = a_pos & failed
         if saturated is not None:
@@ -298,15 +374,20 @@ _POLISH_MIN_SIZE = 1 << 15
 _CHUNK = 1 << 16
 
 
-def _band64(xp, div, logp, delta, *, early_exit: bool, table=None):
-    """The Band for float64 log-probabilities ``logp <= 0`` (already validated).
+def _band64(xp, div, logp, delta, *, early_exit: bool, table=None, tol: float = math.inf):
+    """The Band for float64 log-probabilities ``logp`` (validated or not).
 
     With a certified ``table`` (large inputs) it starts from the table and takes the
     table's certified number of Newton steps; otherwise it runs the safeguarded solver.
+    Invalid entries (NaN, or above ``tol``: ``+inf`` and positive values beyond
+    rounding) are solved at a harmless stand-in and come out as NaN at both ends, with
+    no host synchronisation; ``-inf`` gives ``[0, inf]``.
     """
+    invalid = ~(logp <= tol)  # NaN compares false
     logp = xp.minimum(logp, 0.0)
     tiny = logp < LOG_P_MIN  # includes -inf
-    logp_safe = xp.where(tiny, -1.0, logp)
+    # The stand-in keeps NaN out of the solver and out of the table's piece index.
+    logp_safe = xp.where(tiny | invalid, -1.0, logp)
     p = xp.exp(logp_safe)
     pbar = -xp.expm1(logp_safe)
 
@@ -316,31 +397,35 @@ def _band64(xp, div, logp, delta, *, early_exit: bool, table=None):
         lower0, v = _evaluate_parts(xp, table, logp_safe, _coefficients(xp, table, logp))
         k_lo, k_up = table.polish_steps
         numpy = is_numpy_array(logp)
-        y_up = _polish_side(xp, div, pbar, p, delta, y_start_upper(xp, v, logp_safe),
-                            safeguard=numpy, steps=k_up)
+        y0_up = y_start_upper(xp, v, logp_safe, xp.log(pbar))
+        y_up = _polish_side(xp, div, pbar, p, delta, y0_up, safeguard=numpy, steps=k_up)
         y_lo = _polish_side(xp, div, p, pbar, delta, y_start_lower(xp, lower0),
                             safeguard=numpy, steps=k_lo)
     else:
         y_up = _solve_side(xp, div, pbar, p, delta, early_exit=early_exit)
         y_lo = _solve_side(xp, div, p, pbar, delta, early_exit=early_exit)
     x_up = -xp.expm1(-y_up)
-    upper = xp.where(xp.isinf(y_up), xp.exp(-logp_safe), 1.0 + pbar * x_up / p)
+    inv_p = xp.exp(-logp_safe)
+    upper = xp.where(xp.isinf(y_up), inv_p, 1.0 + pbar * x_up / p)
     upper = xp.where(pbar > 0, upper, 1.0)
-    upper = xp.minimum(upper, xp.exp(-logp_safe))  # rounding never leaves the simplex
+    upper = xp.minimum(upper, inv_p)  # rounding never leaves the simplex
 
     lower = xp.exp(-y_lo)
 
     upper = xp.where(tiny, math.inf, upper)
     lower = xp.where(tiny, 0.0, lower)
+    upper = xp.where(invalid, math.nan, upper)
+    lower = xp.where(invalid, math.nan, lower)
     return lower, upper
 
 
-def _fast64(xp, table, logp):
-    """Fast-mode ``(lower, upper)`` from a certified table (float64 ``logp``)."""
+def _fast64(xp, table, logp, tol: float = math.inf):
+    """Fast-mode ``(lower, upper)`` from a certified table (float64 ``logp``); entries
+    above ``tol`` or NaN give NaN (see :func:`bandtheory.fast._locate`)."""
     from .fast import _coefficients, _evaluate
 
     # No clamp of logp: the coordinate uses |log p|, so rounding above 0 acts as p ~ 1.
-    return _evaluate(xp, table, logp, coefs=_coefficients(xp, table, logp))
+    return _evaluate(xp, table, logp, coefs=_coefficients(xp, table, logp), tol=tol)
 
 
 def _chunk_length(x) -> int:
@@ -411,14 +496,32 @@ def band_bounds(
             :class:`~bandtheory.divergences.Divergence`.
         delta: Trust-region radius, a finite number ``> 0``.
         check_input: Check for NaN and positive log-probabilities (needs the values on
-            the host; pass ``False`` to skip the check in a hot loop).
+            the host; pass ``False`` to skip the check in a hot loop). Without the
+            check nothing is raised and nothing is synchronised: an invalid entry (NaN,
+            ``+inf``, or ``log p`` above ``8 eps`` of the input dtype, the rounding the
+            check accepts) gives NaN at both ends, every other entry its exact value,
+            and ``-inf`` still ``[0, inf]``.
         mode: ``"exact"`` (float64 roots, the accuracy above) or ``"fast"`` (the
             certified table of :mod:`bandtheory.fast`, error ``<= 1e-7``, about 20 ns a
-            token on CPU; divergences without a certified table run the exact mode).
-            Inputs of 32768 tokens or more are solved in exact mode by the table's
-            certified Newton steps (no host synchronisation). CPU inputs are processed in
-            chunks of 65536 tokens (a static loop), so the extra memory is the outputs
-            plus one chunk.
+            token on CPU, built on first use for each ``(divergence, delta)``). Where no
+            table certifies, fast mode returns the exact mode's values and warns once
+            per ``(divergence, delta)`` with
+            :class:`~bandtheory.fast.TableFallbackWarning`. Exact mode solves inputs
+            of 32768 tokens or more by a fixed, certified number of Newton steps
+            from a table start, with no host synchronisation: from fast mode's table
+            if one is already cached for ``(divergence, delta)``, else from a small
+            start table that exact mode builds once per ``(divergence, delta)`` (about
+            0.1 s for KL, up to 0.5 s; cached). Exact mode never builds fast mode's
+            table (seconds). The start table's values are not certified; the number
+            of steps is (``1e-12`` against the safeguarded solver on a dense check
+            grid; see :mod:`bandtheory.fast`), so the accuracy above holds. Where
+            no step count up to six certifies, exact mode runs the safeguarded
+            solver (on NumPy until every token has converged; on other backends a
+            fixed 100 iterations, slow on CPU), a decision cached like the table.
+            About 0.15 s per million KL tokens on one CPU core once the start table
+            exists. Smaller inputs run the safeguarded solver. CPU inputs are
+            processed in chunks of 65536 tokens (a static loop), so the extra memory
+            is the outputs plus one chunk.
 
     Returns:
         :class:`Band` with ``lower`` and ``upper`` of the input's shape, array type and
@@ -446,19 +549,27 @@ def band_bounds(
         validate_log_prob(x, xp)
     numpy = is_numpy_array(x)
     size = math.prod(tuple(x.shape))
+    tol = _rounding_tolerance(x.dtype)
     table = None
-    if mode == "fast" or size >= _POLISH_MIN_SIZE:
+    if mode == "fast":
         from .fast import _table_or_none
 
-        table = _table_or_none(div, delta)
+        table = _table_or_none(div, delta, stacklevel=3)  # builds; warns if none certifies
+    elif size >= _POLISH_MIN_SIZE:
+        from .fast import _exact_start
+
+        # The cached fast table, else the small start table (built once per (div,
+        # delta), 50-250 ms); never the fast table itself (seconds, may not certify).
+        table = _exact_start(div, delta)
     if mode == "fast" and table is not None:
         def fn(t):
-            return _fast64(xp, table, t)
+            return _fast64(xp, table, t, tol)
     else:
+        polish = (table if size >= _POLISH_MIN_SIZE and table is not None
+                  and table.polish_steps is not None else None)
+
         def fn(t):
-            return _band64(xp, div, t, delta, early_exit=numpy,
-                           table=table if size >= _POLISH_MIN_SIZE and table is not None
-                           and table.polish_steps is not None else None)
+            return _band64(xp, div, t, delta, early_exit=numpy, table=polish, tol=tol)
     with np.errstate(all="ignore") if numpy else _nullcontext():
         lower, upper = _map_chunks(xp, fn, x)
     if scalar:

@@ -150,6 +150,26 @@ def test_bounds_bracket_the_root_at_50_digits(name):
                 assert g_mp(name, pi, lo * (1 + 1e-12)) < delta < g_mp(name, pi, lo * (1 - 1e-12))
 
 
+@pytest.mark.parametrize("name", ALL + ["alpha(5)"])
+def test_bounds_bracket_the_root_at_tiny_p(name):
+    """Far below the reference grid, down to p = e^-700: g crosses delta within 1e-11 of
+    each bound (50 digits). For alpha(a), a > 2, the tail grows like r^a there and the
+    small-delta start is dozens of orders of magnitude off (it once stopped unconverged
+    after 100 steps, 1e11 times too large at p = e^-400)."""
+    log_p = [-50.0, -200.0, -400.0, -600.0, -700.0]
+    for delta in (1e-3, 0.3):
+        band = band_bounds(np.array(log_p), name, delta=delta)
+        for lp, lo, up in zip(log_p, band.lower, band.upper):
+            with mp.workdps(50):
+                p = mp.exp(mp.mpf(lp))
+                if up < float(1 / p) * (1 - 1e-11):  # not saturated
+                    below, above = g_mp(name, p, up * (1 - 1e-11)), g_mp(name, p, up * (1 + 1e-11))
+                    assert below < delta < above, (lp, up)
+                if lo > 1e-3:
+                    below, above = g_mp(name, p, lo * (1 + 1e-11)), g_mp(name, p, lo * (1 - 1e-11))
+                    assert below < delta < above, (lp, lo)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_mirror_identity(name):
     p = np.linspace(0.02, 0.98, 49)
@@ -303,3 +323,41 @@ def test_error_leaves_input_untouched():
 def test_package_exports():
     assert bandtheory.band_bounds is band_bounds
     assert set(divergences.names()) == set(bandtheory.DIVERGENCES)
+
+
+# --------------------------------------------------------------------------------------
+# Large inputs: certified Newton steps from exact mode's start table
+# --------------------------------------------------------------------------------------
+
+REGISTRY = list(divergences.names()) + ["alpha(2)", "alpha(1/2)", "alpha(-1)", "alpha(3)"]
+EDGE_LOG_P = [0.0, -0.0, -np.inf, -800.0, -745.0, bandtheory.bounds.LOG_P_MIN, -1e-300, -1e-12]
+
+
+@pytest.mark.parametrize("delta", [0.047, 0.53])  # deltas no other test tabulates
+@pytest.mark.parametrize("name", REGISTRY)
+def test_large_input_matches_small_input_path(name, delta):
+    # From 32768 tokens on exact mode takes a certified number of Newton steps from its
+    # start table (no fast table exists at these deltas); below, the safeguarded solver.
+    from bandtheory import fast
+
+    rng = np.random.default_rng(23)
+    sample = np.concatenate([
+        rng.uniform(math.log(1e-300), math.log(0.5), 2000),  # p from 1e-300 to 0.5
+        np.log1p(-np.exp(rng.uniform(math.log(1e-12), math.log(0.5), 1000))),  # 1 - p to 1e-12
+        EDGE_LOG_P,
+    ])
+    sample = rng.permutation(sample)
+    logp = np.resize(sample, 40_000)  # padded with repeats of the sample
+    div = divergences.get(name)
+    assert fast._cached_table_or_none(div, delta) is None
+    big = band_bounds(logp, name, delta=delta)
+    start = fast._start_table(div, delta)
+    assert start is not None and start.polish_steps is not None  # no solver fallback
+    assert fast._exact_start(div, delta) is start
+    small = band_bounds(sample, name, delta=delta)
+    index = np.arange(logp.size) % sample.size
+    want_up, want_lo = small.upper[index], small.lower[index]
+    assert np.array_equal(np.isinf(big.upper), np.isinf(want_up))
+    finite = np.isfinite(want_up)
+    np.testing.assert_allclose(big.upper[finite], want_up[finite], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(big.lower, want_lo, rtol=0, atol=1e-12)

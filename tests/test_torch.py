@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bandtheory import band_bounds, schemes
+from bandtheory import band_bounds, divergences, schemes
 
 torch = pytest.importorskip("torch")
 
@@ -61,12 +61,44 @@ def test_every_scheme_accepts_torch(scheme):
 
 @pytest.mark.parametrize("name", ["kl", "tv", "hellinger"])
 def test_large_torch_input_uses_fixed_steps_and_stays_exact(name):
+    from bandtheory.fast import band_table
+
     rng = np.random.default_rng(2)
     logp = rng.uniform(np.log(1e-8), 0.0, 3 << 15)  # several chunks
+    # Exact mode starts from the fast table when one is cached.
+    assert band_table(name, delta=0.05).polish_steps is not None
     got = band_bounds(torch.tensor(logp), name, delta=0.05, check_input=False)
     ref = band_bounds(logp[:2000], name, delta=0.05)
     np.testing.assert_allclose(got.upper.numpy()[:2000], ref.upper, rtol=1e-12)
     np.testing.assert_allclose(got.lower.numpy()[:2000], ref.lower, rtol=0, atol=1e-12)
+
+
+REGISTRY = list(divergences.names()) + ["alpha(2)", "alpha(1/2)", "alpha(-1)", "alpha(3)"]
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_large_torch_input_from_the_start_table_is_exact(name):
+    # No fast table at this delta: exact mode builds its start table and takes the
+    # certified fixed Newton steps on torch; against the NumPy small-input solver.
+    from bandtheory import fast
+
+    rng = np.random.default_rng(29)
+    sample = np.concatenate([
+        rng.uniform(np.log(1e-300), np.log(0.5), 2000),
+        np.log1p(-np.exp(rng.uniform(np.log(1e-12), np.log(0.5), 1000))),
+        [0.0, -np.inf, -800.0, -745.0, -1e-300],
+    ])
+    logp = np.resize(rng.permutation(sample), 40_000)
+    div, delta = divergences.get(name), 0.047
+    assert fast._cached_table_or_none(div, delta) is None
+    got = band_bounds(torch.tensor(logp), name, delta=delta, check_input=False)
+    assert fast._start_table(div, delta) is not None
+    ref = band_bounds(logp[:sample.size], name, delta=delta)
+    up, lo = got.upper.numpy()[:sample.size], got.lower.numpy()[:sample.size]
+    assert np.array_equal(np.isinf(up), np.isinf(ref.upper))
+    finite = np.isfinite(ref.upper)
+    np.testing.assert_allclose(up[finite], ref.upper[finite], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(lo, ref.lower, rtol=0, atol=1e-12)
 
 
 def test_torch_validation_errors():
@@ -78,17 +110,97 @@ def test_torch_validation_errors():
         band_bounds(torch.tensor([-1, -2]))
 
 
+def _bad_log_probs(n, seed):
+    """Random log-probs with NaN, +inf, positive and edge entries; the invalid mask."""
+    rng = np.random.default_rng(seed)
+    logp = rng.uniform(np.log(1e-10), 0.0, n)
+    bad = np.array([np.nan, np.inf, 0.5, 1e-3])
+    edges = np.array([-np.inf, 0.0, -1e-300, -800.0])
+    where = rng.choice(n, bad.size + edges.size, replace=False)
+    logp[where] = np.concatenate([bad, edges])
+    invalid = np.zeros(n, dtype=bool)
+    invalid[where[:bad.size]] = True
+    return logp, invalid
+
+
+SYNCS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "__array__")
+
+
 def test_no_host_sync_in_hot_path_with_check_input_false(monkeypatch):
-    # Any .item()/bool() on a tensor in the hot path would raise here.
-    x = torch.tensor(np.log(np.geomspace(1e-8, 1.0, 1 << 15)))
+    # Any host read of a tensor value in the hot path would raise here: band_bounds in
+    # both modes, exact mode from a cached fast table, from its own start table (built
+    # here) and with the safeguarded solver where no start table certifies (from 32768
+    # tokens on), and the biting end; invalid entries included (they must become NaN by
+    # arithmetic, not by a branch).
+    from bandtheory import fast
+    from bandtheory.fast import band_table, biting_bound
+
+    band_table("kl", delta=0.05)  # exact mode at delta 0.05 starts from this table
+    logp, invalid = _bad_log_probs(1 << 15, seed=9)
+    x = torch.tensor(logp)
+    positive = torch.from_numpy(np.arange(logp.size) % 3 == 0)
+    small = x[:500]
 
     def forbid(*args, **kwargs):
         raise AssertionError("host synchronisation in the hot path")
 
-    monkeypatch.setattr(torch.Tensor, "item", forbid)
-    monkeypatch.setattr(torch.Tensor, "__bool__", forbid)
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, forbid)
+    out = {}
     for mode in ("exact", "fast"):
-        band_bounds(x, "kl", delta=0.05, check_input=False, mode=mode)
+        out[mode] = band_bounds(x, "kl", delta=0.05, check_input=False, mode=mode)
+        out[mode + "-small"] = band_bounds(small, "kl", delta=0.05, check_input=False, mode=mode)
+    # delta 0.0117: no fast table, so exact mode builds its start table (NumPy, host
+    # side: nothing read from the tensor) and takes the certified fixed Newton steps
+    out["exact-no-table"] = band_bounds(x, "kl", delta=0.0117, check_input=False)
+    # delta 0.0119: no start table certifies, so the fixed-iteration safeguarded solver
+    monkeypatch.setattr(fast, "POLISH_TOLERANCE", -1.0)
+    out["exact-solver"] = band_bounds(x, "kl", delta=0.0119, check_input=False)
+    bite = biting_bound(x, positive, "kl", delta=0.05, check_input=False)
+    bite_small = biting_bound(small, positive[:500], "kl", delta=0.05, check_input=False)
+    monkeypatch.undo()
+
+    for band in out.values():
+        n = band.lower.shape[0]
+        assert bool(torch.isnan(band.lower).numpy()[invalid[:n]].all())
+        assert bool(torch.isnan(band.upper).numpy()[invalid[:n]].all())
+        assert not bool(torch.isnan(band.lower).numpy()[~invalid[:n]].any())
+    assert fast._start_table(divergences.get("kl"), 0.0117) is not None
+    assert fast._start_table(divergences.get("kl"), 0.0119) is None
+    for key, delta in (("exact-no-table", 0.0117), ("exact-solver", 0.0119)):
+        ref = band_bounds(logp[~invalid][:3000], "kl", delta=delta)
+        got = out[key]
+        np.testing.assert_allclose(got.upper.numpy()[~invalid][:3000], ref.upper, rtol=1e-12)
+        np.testing.assert_allclose(got.lower.numpy()[~invalid][:3000], ref.lower, rtol=0,
+                                   atol=1e-12)
+    fast = out["fast"]
+    expected = torch.where(positive, fast.upper, fast.lower).numpy()
+    assert np.all(np.isnan(bite.numpy()[invalid]))
+    # The same polynomials, gathered and summed in another order: equal to rounding.
+    np.testing.assert_allclose(bite.numpy()[~invalid], expected[~invalid], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(bite_small.numpy(), expected[:500], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_invalid_torch_entries_give_nan_and_match_numpy(mode, dtype):
+    from bandtheory.fast import band_table, biting_bound
+
+    band_table("kl", delta=0.05)
+    logp, invalid = _bad_log_probs(1 << 15, seed=10)
+    tdtype = getattr(torch, dtype)
+    x = torch.tensor(logp, dtype=tdtype)
+    band = band_bounds(x, "kl", delta=0.05, check_input=False, mode=mode)
+    ref = band_bounds(x.numpy(), "kl", delta=0.05, check_input=False, mode=mode)  # NumPy route
+    for got, want in ((band.lower, ref.lower), (band.upper, ref.upper)):
+        assert got.dtype == tdtype
+        got = got.numpy()
+        assert np.all(np.isnan(got[invalid])) and np.all(np.isnan(want[invalid]))
+        rtol = 1e-6 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(got[~invalid], want[~invalid], rtol=rtol)
+    positive = torch.from_numpy(np.arange(logp.size) % 2 == 1)
+    bite = biting_bound(x, positive, "kl", delta=0.05, check_input=False).numpy()
+    assert np.all(np.isnan(bite[invalid])) and not np.any(np.isnan(bite[~invalid]))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
