@@ -17,6 +17,9 @@ latency is not counted:
   the later of the two. The first load of a fresh server (imports, first computation)
   is repeated on ``BANDTHEORY_BROWSER_REPEATS`` fresh servers (default 3) and the
   median is reported;
+- first load of a new visitor on the running server (fresh browser context, warm
+  server: imports done, default view cached), ``warm_server_first_load_s``, median of
+  ``BANDTHEORY_BROWSER_REPEATS`` visits;
 - rerun: from the key press on the delta slider until the table shows the new value
   and until the chart's legend shows the new delta, for new deltas and for deltas
   shown before (served from the caches), with the medians.
@@ -346,6 +349,19 @@ def test_app_in_browser(server, tmp_path):
                 page.wait_for_timeout(800)
                 assert page.locator('[data-testid="stException"]').count() == 0, path
                 page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
+
+            # First loads of new visitors (fresh browser contexts: no cache, no session)
+            # on the running server, whose Python imports and caches are warm: what a
+            # user sees after `make app` has started the app.
+            warm_loads = []
+            for _ in range(REPEATS):
+                context = browser.new_context(viewport=VIEWPORT)
+                try:
+                    warm_loads.append(_first_load(context.new_page(), server))
+                finally:
+                    context.close()
+            timings["warm_server_first_loads"] = warm_loads
+            timings["warm_server_first_load_s"] = _median(f["first_load_s"] for f in warm_loads)
 
             # More first loads, each of a fresh server, in a fresh browser context.
             for index in range(1, REPEATS):

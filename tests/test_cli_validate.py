@@ -93,7 +93,7 @@ def test_validate_fail_exits_1(tmp_path, monkeypatch, capsys):
     # A zero tolerance (with the floor) turns rounding-level disagreements into FAILs.
     monkeypatch.setattr(convex, "CONVEX_RTOL", 0.0)
     monkeypatch.setattr(convex, "RATIO_ATOL", 0.0)
-    monkeypatch.setattr(convex, "_closed_form", lambda div: (None, "skipped"))
+    monkeypatch.setattr(convex, "_closed_form", lambda div, timeout: (None, "skipped"))
     argv = ["validate", "kl", "--delta", "0.05", "--p", "0.3", "0.5", "--k", "10", "--seeds", "1",
             "--out", str(tmp_path)]
     assert main(argv) == 1

@@ -431,7 +431,7 @@ def test_cutting_plane_stops_on_a_bound_that_is_zero_in_float64():
 
 def test_validator_tolerance_is_relative(monkeypatch):
     # The closed form is not what this checks (and its derivation is the slow part).
-    monkeypatch.setattr(convex, "_closed_form", lambda div: (None, "skipped"))
+    monkeypatch.setattr(convex, "_closed_form", lambda div, timeout: (None, "skipped"))
     # chi2 at p = 0.3, delta = 0.4: lower bound 1 - sqrt(delta (1 - p) / p) = 0.034.
     grid = dict(deltas=(0.4,), ps=(0.3,), k=(10,), seeds=(0,))
     report = validate("chi2", **grid)
