@@ -159,7 +159,7 @@ class Divergence:
     derivatives), ``f_at_0`` (``f(0+)``, may be ``inf``), ``slope_at_inf``
     (``f'(inf) = lim f(u)/u``, may be ``inf``), ``curvature_at_1`` (``f''(1)``, ``nan``
     when ``f`` is not twice differentiable at 1) and the numeric callables
-    :meth:`f_num` and :meth:`f1_num` taking ``(xp, u)``.
+    :meth:`f_num`, :meth:`f1_num` and :meth:`f2_num` taking ``(xp, u)``.
     """
 
     name: str
@@ -229,6 +229,12 @@ class Divergence:
         return _compile(self.f1)
 
     @functools.cached_property
+    def _f2_compiled(self) -> Callable[[Any, Any], Any]:
+        # A kink's Dirac mass is left out: what is compiled is the absolutely continuous
+        # part of f'' (TV: 0 everywhere, its curvature being all at u = 1).
+        return _compile(self.f2.replace(sp.DiracDelta, lambda *args: sp.S.Zero))
+
+    @functools.cached_property
     def f_logspace(self) -> sp.Expr:
         """``f(exp(-y))`` simplified, so that ``log u`` never sees an underflowed ``u``."""
         expr = sp.expand_log(self.f.subs(U, sp.exp(-Y)), force=True)
@@ -257,6 +263,11 @@ class Divergence:
     def f1_num(self, xp: Any, u: Any) -> Any:
         """Evaluate ``f'(u)`` elementwise with the array namespace ``xp``."""
         return self._f1_compiled(xp, u)
+
+    def f2_num(self, xp: Any, u: Any) -> Any:
+        """Evaluate ``f''(u)`` elementwise (away from kinks: Dirac masses left out)."""
+        # Broadcast: f'' is a constant for some generators (chi2: 2; TV: 0).
+        return xp.zeros_like(u) + self._f2_compiled(xp, u)
 
     def __call__(self, u: Any) -> Any:
         """Evaluate ``f(u)`` on numpy input (convenience for plots and tests)."""

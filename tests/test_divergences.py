@@ -83,6 +83,25 @@ def test_numeric_f_matches_mpmath(name):
             assert abs(si - float(ref1)) <= 1e-12 * max(1.0, abs(float(ref1))), (name, ui)
 
 
+@pytest.mark.parametrize("name", list(THEORY) + ["alpha(2)", "alpha(1/2)", "alpha(-1)", "alpha(3)"])
+def test_numeric_second_derivative_matches_mpmath(name):
+    # Reference: mpmath's numerical second derivative of the generator as THEORY.md
+    # types it (alpha(a) from its definition), at 40 digits.
+    if name.startswith("alpha"):
+        a = sp.Rational(name[6:-1])
+        f_theory = (U**a - 1 - a * (U - 1)) / (a * (a - 1))
+    else:
+        f_theory = THEORY[name]
+    f_mp = sp.lambdify(U, f_theory, "mpmath")
+    mp.mp.dps = 40
+    u = np.logspace(-4, 4, 41)
+    u = u[np.abs(u - 1) > 1e-6]  # TV's kink (its Dirac mass is left out of f2_num)
+    curvature = divergences.get(name).f2_num(np, u)
+    for ui, ci in zip(u, curvature):
+        ref = float(mp.diff(f_mp, mp.mpf(ui), 2))
+        assert abs(ci - ref) <= 1e-12 * max(1.0, abs(ref)), (name, ui, ci, ref)
+
+
 @pytest.mark.parametrize("name", list(THEORY) + ["alpha(2)", "alpha(-1/2)"])
 def test_generators_are_convex_and_vanish_at_one(name):
     entry = divergences.get(name)
