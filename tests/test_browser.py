@@ -242,6 +242,15 @@ def _first_load(page, url: str) -> dict[str, float]:
     return {"table_s": table, "chart_s": chart, "first_load_s": max(table, chart), "wall_s": wall}
 
 
+def _visit(browser, url: str) -> dict[str, float]:
+    """:func:`_first_load` of ``url`` by a new visitor (a fresh context: no cache, no session)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        return _first_load(context.new_page(), url)
+    finally:
+        context.close()
+
+
 def _median(values) -> float:
     return float(np.median(list(values)))
 
@@ -353,24 +362,14 @@ def test_app_in_browser(server, tmp_path):
             # First loads of new visitors (fresh browser contexts: no cache, no session)
             # on the running server, whose Python imports and caches are warm: what a
             # user sees after `make app` has started the app.
-            warm_loads = []
-            for _ in range(REPEATS):
-                context = browser.new_context(viewport=VIEWPORT)
-                try:
-                    warm_loads.append(_first_load(context.new_page(), server))
-                finally:
-                    context.close()
+            warm_loads = [_visit(browser, server) for _ in range(REPEATS)]
             timings["warm_server_first_loads"] = warm_loads
             timings["warm_server_first_load_s"] = _median(f["first_load_s"] for f in warm_loads)
 
             # More first loads, each of a fresh server, in a fresh browser context.
             for index in range(1, REPEATS):
                 with _streamlit_server(f"streamlit_server_{index}.log") as url:
-                    context = browser.new_context(viewport=VIEWPORT)
-                    try:
-                        first_loads.append(_first_load(context.new_page(), url))
-                    finally:
-                        context.close()
+                    first_loads.append(_visit(browser, url))
             timings["first_loads"] = first_loads
             timings["first_load_s"] = _median(f["first_load_s"] for f in first_loads)
             timings["first_load_table_s"] = _median(f["table_s"] for f in first_loads)
