@@ -101,6 +101,28 @@ def test_large_torch_input_from_the_start_table_is_exact(name):
     np.testing.assert_allclose(lo, ref.lower, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [1023, 1024, 5000])
+def test_mid_size_torch_input_takes_the_table_route(n, monkeypatch):
+    # Below 32768 tokens NumPy keeps its early-exit solver, but torch (no early exit
+    # without a host read: a fixed 100 iterations, ~60 ms per 1000 tokens on CPU)
+    # starts from the table from 1024 tokens on; the same values either way.
+    from bandtheory import bounds as bounds_module
+
+    rng = np.random.default_rng(n)
+    logp = np.concatenate([rng.uniform(np.log(1e-300), 0.0, n - 3), [0.0, -np.inf, -1e-300]])
+    ref = band_bounds(logp, "kl", delta=0.043)
+    calls = []
+    solve = bounds_module._solve_side
+    monkeypatch.setattr(bounds_module, "_solve_side",
+                        lambda *a, **k: calls.append(1) or solve(*a, **k))
+    got = band_bounds(torch.tensor(logp), "kl", delta=0.043, check_input=False)
+    assert bool(calls) == (n < 1024)  # the bracketing solver runs only below 1024
+    finite = np.isfinite(ref.upper)
+    np.testing.assert_array_equal(np.isinf(got.upper.numpy()), ~finite)
+    np.testing.assert_allclose(got.upper.numpy()[finite], ref.upper[finite], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got.lower.numpy(), ref.lower, rtol=0, atol=1e-12)
+
+
 def test_torch_validation_errors():
     with pytest.raises(ValueError, match="NaN"):
         band_bounds(torch.tensor([float("nan"), -1.0]))
