@@ -26,16 +26,22 @@ The baseline is within its tolerance except where ``p`` rounds to 1 in the input
 makes its ``g`` NaN, every comparison fails and its lower bound collapses to 0, an
 error of ``exp(-delta)`` (0.95 at ``delta = 0.05``).
 
-Peak extra memory: ``tracemalloc`` for NumPy (it tracks NumPy's buffers); for torch CPU
-it is not measured (torch allocations are invisible to tracemalloc) and is reported as
-``nan``.
+Peak extra memory, in float64 arrays of ``N``, outputs included: ``tracemalloc`` for
+NumPy (it tracks NumPy's buffers). torch's allocations are invisible to tracemalloc:
+with ``torch_memory=True`` (``--torch-memory``) each torch CPU method runs once more in
+a fresh process (Linux; glibc's mmap threshold fixed, so freed buffers leave the
+resident set), warmed up on 70,000 tokens, and its peak resident memory
+(``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call) minus the
+resident memory before the call is reported; otherwise (and on CUDA) ``nan``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -140,8 +146,8 @@ def _loss_err(loss: Any, truth: float) -> float:
 
 
 def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: int = 5,
-        delta: float = 0.05, dtype: str = "float32", write: Callable[[str], None] = print
-        ) -> list[dict[str, Any]]:
+        delta: float = 0.05, dtype: str = "float32", write: Callable[[str], None] = print,
+        torch_memory: bool = False) -> list[dict[str, Any]]:
     """Run the benchmark, print a table with ``write`` and return the rows.
 
     Errors (the ``max_err`` of each row) are measured against references computed in
@@ -160,12 +166,14 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
         delta: KL radius of the Band.
         dtype: Input dtype of the methods (``"float32"``, ``"float64"``, ...).
         write: Where the table lines go.
+        torch_memory: Also measure torch CPU's peak extra memory (one fresh process
+            per method and size; Linux).
 
     Returns:
         One dict per (size, backend, method): ``n``, ``backend``, ``method``,
         ``seconds`` (median), ``x_baseline`` (baseline time / this time), ``max_err``,
         ``peak_arrays64`` (peak extra memory in float64 arrays of ``N``; ``nan`` for
-        torch).
+        torch unless ``torch_memory``).
     """
     sizes = tuple(int(n) for n in sizes)
     if not sizes or min(sizes) < 1:
@@ -211,12 +219,78 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
             for dev in devices:
                 rows.extend(_measure(backend, dev, n, (old64, new64, adv64), truth, loss_truth,
                                      repeats=repeats, delta=delta, dtype=dtype,
-                                     schemes_=(clip, band_fast), write=write))
+                                     schemes_=(clip, band_fast), write=write,
+                                     torch_memory=torch_memory))
     return rows
 
 
+def _methods(old, new, adv, delta, clip, band_fast) -> dict[str, Callable[[], Any]]:
+    """The five timed methods on the tokens ``(old, new, adv)``."""
+    return {
+        "baseline": lambda: baseline_kl_band(old, delta=delta),
+        "exact": lambda: band_bounds(old, "kl", delta=delta, check_input=False),
+        "fast": lambda: band_bounds(old, "kl", delta=delta, check_input=False, mode="fast"),
+        "clip_loss": lambda: policy_loss(new, old, adv, scheme=clip, check_input=False)[0],
+        "band_loss": lambda: policy_loss(new, old, adv, scheme=band_fast, check_input=False)[0],
+    }
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(argv: Sequence[str]) -> None:
+    """Child process of :func:`_peak_torch_rss`: prints the peak extra resident memory
+    of one torch CPU method on ``N`` tokens, in float64 arrays of ``N``."""
+    import gc
+
+    import torch
+
+    n, method, delta, dtype = int(argv[0]), argv[1], float(argv[2]), argv[3]
+    tdtype = getattr(torch, dtype)
+    tokens = [torch.as_tensor(a, dtype=tdtype) for a in make_tokens(n)]
+    clip = schemes.clip(eps=0.2)
+    band_fast = schemes.band("kl", delta=delta, mode="fast")
+    with np.errstate(all="ignore"):
+        # Warm-up (imports, tables, first-call allocations) on a slice of two chunks,
+        # so that the full-size buffers of the measured call are new pages.
+        small = [t[:70_000].clone() for t in tokens]
+        _methods(*small, delta, clip, band_fast)[method]()
+        del small
+        gc.collect()
+        fn = _methods(*tokens, delta, clip, band_fast)[method]
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current resident set
+        before = _status_kib("VmRSS")
+        out = fn()
+        peak = _status_kib("VmHWM")
+    del out
+    print((peak - before) * 1024 / (8 * n))
+
+
+def _peak_torch_rss(n: int, method: str, delta: float, dtype: str) -> float:
+    """Peak extra resident memory of a torch CPU method (float64 arrays of ``n``),
+    measured in a fresh process; ``nan`` where that cannot be done (not Linux)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return math.nan
+    code = "import sys; from bandtheory.bench import _memory_child; _memory_child(sys.argv[1:])"
+    # A fixed mmap threshold (glibc): every large buffer is mapped on allocation and
+    # unmapped on release, so freed memory never sits resident in the heap, where a
+    # later allocation would reuse it unseen.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", code, str(n), method, repr(delta), dtype],
+                         capture_output=True, text=True, timeout=1800, env=env)
+    if out.returncode != 0:
+        return math.nan
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtype, schemes_,
-             write):
+             write, torch_memory=False):
     """Time, check and print the five methods on one backend and device."""
     clip, band_fast = schemes_
     old64, new64, adv64 = tokens
@@ -234,13 +308,7 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
 
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     old, new, adv = conv(old64), conv(new64), conv(adv64)
-    methods = {
-        "baseline": lambda: baseline_kl_band(old, delta=delta),
-        "exact": lambda: band_bounds(old, "kl", delta=delta, check_input=False),
-        "fast": lambda: band_bounds(old, "kl", delta=delta, check_input=False, mode="fast"),
-        "clip_loss": lambda: policy_loss(new, old, adv, scheme=clip, check_input=False)[0],
-        "band_loss": lambda: policy_loss(new, old, adv, scheme=band_fast, check_input=False)[0],
-    }
+    methods = _methods(old, new, adv, delta, clip, band_fast)
     label = f"{backend}-{dev}" if backend == "torch" else backend
     rows = []
     # Overflow and 0/0 are intended in the baseline (p = 1, r = 0); silenced here only,
@@ -263,8 +331,12 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
                 if backend != "numpy":
                     lo, up = lo.double().cpu().numpy(), up.double().cpu().numpy()
                 err = _band_err(lo, up, truth)
-            peak = _peak_numpy(fn) / (n * np.dtype(np.float64).itemsize) \
-                if backend == "numpy" else math.nan
+            if backend == "numpy":
+                peak = _peak_numpy(fn) / (n * np.dtype(np.float64).itemsize)
+            elif torch_memory and dev == "cpu":
+                peak = _peak_torch_rss(n, name, delta, dtype)
+            else:
+                peak = math.nan
             rows.append(dict(n=n, backend=label, method=name, seconds=seconds, max_err=err,
                              peak_arrays64=peak))
     base = rows[0]["seconds"]
@@ -292,6 +364,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of tokens (repeatable; overrides --quick)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
+    parser.add_argument("--torch-memory", action="store_true",
+                        help="also measure torch CPU's peak extra memory (a fresh process "
+                        "per method and size; Linux)")
 
 
 def run_from_args(args: argparse.Namespace, *, write: Callable[[str], None] = print
@@ -306,7 +381,8 @@ def run_from_args(args: argparse.Namespace, *, write: Callable[[str], None] = pr
     else:
         sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
     backends = ("numpy", "torch") if args.backend == "both" else (args.backend,)
-    return run(sizes=sizes, backends=backends, repeats=args.repeats, write=write)
+    return run(sizes=sizes, backends=backends, repeats=args.repeats, write=write,
+               torch_memory=args.torch_memory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ and the accuracy figures, which do not depend on the machine.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -117,7 +118,21 @@ def test_bandtheory_bench_cli(monkeypatch, capsys):
     monkeypatch.setattr(bench, "run", tiny_run)
     assert cli.main(["bench", "--quick", "--repeats", "1", "--backend", "numpy"]) == 0
     assert seen["sizes"] == (1_000_000,) and seen["backends"] == ("numpy",)
-    assert seen["repeats"] == 1
+    assert seen["repeats"] == 1 and seen["torch_memory"] is False
     out = capsys.readouterr().out
     assert "fast table build (kl, delta=0.05)" in out
     _check_table(out, "numpy")
+    assert cli.main(["bench", "--n", "5", "--repeats", "1", "--backend", "numpy",
+                     "--torch-memory"]) == 0
+    assert seen["torch_memory"] is True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux only")
+def test_torch_peak_memory_is_measured_in_a_fresh_process():
+    pytest.importorskip("torch")
+    n = 1_000_000
+    # fast mode: two float32 outputs (one float64 array of N) plus one chunk's temporaries
+    fast = bench._peak_torch_rss(n, "fast", 0.05, "float32")
+    assert 1.0 <= fast <= 4.0
+    # the baseline holds several full-size float32 temporaries at once
+    assert bench._peak_torch_rss(n, "baseline", 0.05, "float32") > fast
