@@ -28,15 +28,17 @@ rare tokens that make the solver stall are retried with every cone rescaled (the
 perspective is 1-homogeneous, so the ball is unchanged). The exact form of each
 built-in is kept with its registry entry (:attr:`bandtheory.divergences.Divergence.dcp`).
 
-Accuracy. The solver runs with tolerances 1e-9 (:data:`DEFAULT_SOLVER_OPTIONS`; for a
+Accuracy. The solver runs with tolerances 1e-6 (:data:`DEFAULT_SOLVER_OPTIONS`; for a
 lower bound the gap tolerances are read in units of the ratio, not of the token's tiny
-mass), and each optimum is then *polished*: moved along the line from ``pi_old``
+mass): it only has to land near the optimum. Each optimum is then *polished*: moved along the line from ``pi_old``
 through it until the exact float64 divergence equals ``delta``. For smooth generators
 it is then *refined* by Newton's method on the optimality (KKT) conditions of the full
 ``K``-token program and polished again; the refined point is kept only when its
 objective is better (both points are exactly feasible). Every built-in agrees with the
-exact root to ``3e-10 max(1, |value|)`` over p in [1e-6, 0.999] and delta in [0.01, 1]
-(``benchmarks/README.md``); the lower bounds of ``neyman_chi2`` / ``alpha(-1)`` at small
+exact root to ``4e-8 max(1, |value|)`` over p in [1e-6, 0.999] and delta in [0.01, 1],
+most to ``1e-13`` (``benchmarks/README.md``; the worst is the upper bound at p = 0.999
+of kl / jeffreys, where the optimum's other masses are ~1e-90 and the refinement does
+not apply); the lower bounds of ``neyman_chi2`` / ``alpha(-1)`` at small
 ``p`` (ratios ``~ p/delta``, whose cones have entries ``1/r^2`` apart) owe their last
 digits to the refinement.
 
@@ -96,25 +98,46 @@ DEFAULT_CONE_SOLVER = "CLARABEL"
 #: Solver for the linear programs of the cutting-plane path.
 DEFAULT_LP_SOLVER = "HIGHS"
 #: Clarabel settings of the projector (laid under the caller's ``solver_options``).
-#: Tolerances 1e-9 (Clarabel's default is 1e-8); 1e-10 ends more often in "almost
-#: solved". For a lower bound the two gap tolerances are scaled by the token's mass per
-#: unit of ratio (:func:`_gap_in_ratio_units`), so that they bound the ratio, not the
-#: mass ``p * lower``. Iterative refinement is off in the first attempts: it halves the
-#: time per iteration and changes no digit that polishing keeps. ``pi <= 1`` is also
-#: stated (implied by the simplex) to bound the iterates.
+#: Tolerances 1e-6 (Clarabel's default is 1e-8): the interior-point solve only has to
+#: land near the optimum, since the exact float64 polish and the Newton refinement of
+#: the KKT conditions carry the last digits (see :class:`BandProblem`). At K = 1000 this
+#: takes 10-30 % fewer Clarabel iterations than 1e-9 (25-50 % for reverse_kl, js,
+#: jeffreys) with the same agreement with ``band_bounds`` (benchmarks/README.md). For a
+#: lower bound the two gap tolerances are scaled by the token's mass per unit of ratio
+#: (:func:`_gap_in_ratio_units`), so that they bound the ratio, not the mass
+#: ``p * lower``. Iterative refinement is off in the first attempts: it halves the time
+#: per iteration and changes no digit that polishing keeps. ``pi <= 1`` is also stated
+#: (implied by the simplex) to bound the iterates.
 DEFAULT_SOLVER_OPTIONS: Mapping[str, Any] = types.MappingProxyType({
+    "tol_gap_abs": 1e-6,
+    "tol_gap_rel": 1e-6,
+    "tol_feas": 1e-6,
+    "max_iter": 400,
+    "iterative_refinement_enable": False,
+})
+# Tolerances laid over DEFAULT_SOLVER_OPTIONS when no polish and refinement follow the
+# solve (``polish=False``, extra constraints): the solver's point is then the answer
+# (1e-10 ends more often in "almost solved").
+_UNPOLISHED_TOLERANCES: Mapping[str, Any] = types.MappingProxyType({
     "tol_gap_abs": 1e-9,
     "tol_gap_rel": 1e-9,
     "tol_feas": 1e-9,
-    "max_iter": 400,
-    "iterative_refinement_enable": False,
 })
 # Attempts in turn until one ends optimal: (options over the defaults, rescaled cones).
 # Exponential cones with rare tokens (p ~ 1e-6, e.g. K = 1000) make Clarabel stall at
 # random; shorter steps keep iterates off the cone's edge, rescaling puts every cone
-# entry at order one, and iterative refinement steadies the last digits.
+# entry at order one, and iterative refinement steadies the last digits. A stall in
+# masses at step 0.9 is mostly not repeated at Clarabel's own step 0.99 or at 0.95
+# (other paths, and fewer iterations than a rescaled solve), so those come second and
+# third: at K = 1000 (3 Dirichlet draws x 4 tokens x 4 deltas, tolerances 1e-6) step
+# 0.99 solved 13 of kl's 14 first-attempt stalls (rescaled: 9) and cut the worst side's
+# total Clarabel iterations from 113 to 66 (kl), 56 to 45 (js), 489 to 324
+# (alpha(-2)); step 0.95 then solved the 2 alpha(-2) sides that stalled in every other
+# attempt (one of them failed `bandtheory validate "alpha(-2)"`); no side got worse.
 _ATTEMPTS: tuple[tuple[Mapping[str, Any], bool], ...] = (
     ({"max_step_fraction": 0.9}, False),
+    ({"max_step_fraction": 0.99}, False),
+    ({"max_step_fraction": 0.95}, False),
     ({"max_step_fraction": 0.9}, True),
     ({"iterative_refinement_enable": True, "max_step_fraction": 0.8}, False),
     ({"iterative_refinement_enable": True, "max_step_fraction": 0.8}, True),
@@ -145,6 +168,10 @@ _GAP_FLOOR = 4 * np.finfo(float).eps
 #: Status of a bound certified without a solve: the point ``pi_a = 1`` (upper) or
 #: ``pi_a = 0`` (lower, the rest in proportion to ``pi_old``) lies in the ball.
 SATURATED = "saturated"
+# A range end counts as in the ball when its float64 divergence is within a few ulps of
+# delta: the rounding of the sum, not the maths, decides a bound exactly at its
+# saturation threshold.
+_SATURATION_RTOL = 4 * np.finfo(float).eps
 
 
 class ConvexSolveError(RuntimeError):
@@ -455,6 +482,7 @@ class BandProblem:
         self.solver = DEFAULT_CONE_SOLVER if solver is None else str(solver)
         self.solver_options = dict(solver_options or {})
         self._extra_constraints = constraints is not None
+        self._polishing = True  # set by each solve(); selects the solver's tolerances
         self._f2 = _second_derivative(div)
         self._y = cp.Variable(self.k, nonneg=True, name="y")
         self._sigma = cp.Parameter(self.k, pos=True, name="sigma")
@@ -476,10 +504,15 @@ class BandProblem:
                              "(and a registry builder's epigraph must hold no parameter)")
 
     def _attempts(self) -> list[tuple[dict[str, Any], bool]]:
-        """``(solver options, rescaled)`` to try in turn until one ends optimal."""
+        """``(solver options, rescaled)`` to try in turn until one ends optimal.
+
+        Without polishing (``polish=False`` or extra constraints) the solver's point is
+        the answer, so its tolerances are tightened to :data:`_UNPOLISHED_TOLERANCES`.
+        """
         if self.solver != DEFAULT_CONE_SOLVER:
             return [(dict(self.solver_options), False)]
-        return [({**DEFAULT_SOLVER_OPTIONS, **extra, **self.solver_options}, rescaled)
+        tight = {} if self._polishing else _UNPOLISHED_TOLERANCES
+        return [({**DEFAULT_SOLVER_OPTIONS, **tight, **extra, **self.solver_options}, rescaled)
                 for extra, rescaled in _ATTEMPTS]
 
     def _bound(self, pi_old: np.ndarray, i: int, sign: float, context: str) -> tuple[np.ndarray, str]:
@@ -491,8 +524,13 @@ class BandProblem:
             # A side that reaches the end of its range is certified by a feasible point
             # attaining it (pi_a = 1 for the upper bound, pi_a = 0 for the lower); the
             # conic solver would have to reach the cones' boundary there, where it stalls.
+            # "Feasible" allows the float64 rounding of the divergence's sum
+            # (_SATURATION_RTOL): exactly at the threshold (chi2's lower bound at p = 0.5,
+            # delta = 1 evaluates to 1 + 1 ulp) the solver would otherwise return ~1e-11
+            # at tolerances 1e-6 for a bound that is 0.
             edge = _edge_point(pi_old, i, sign)
-            if _divergence_of_ratio(self.divergence, pi_old, edge / pi_old) <= self._delta.value:
+            if (_divergence_of_ratio(self.divergence, pi_old, edge / pi_old)
+                    <= self._delta.value * (1.0 + _SATURATION_RTOL)):
                 return edge, SATURATED
         c = np.zeros(self.k)
         c[i] = sign
@@ -515,6 +553,11 @@ class BandProblem:
                     # cvxpy's own "may be inaccurate" warning; the status is handled here.
                     warnings.filterwarnings("ignore", message="Solution may be inaccurate",
                                             category=UserWarning)
+                    # No warm_start: a reused Clarabel solver (cvxpy's warm_start, new
+                    # data into the old setup) saves its ~6 ms setup at K = 1000 but
+                    # does not behave like a fresh one: the rescaled retry then stalls
+                    # where a fresh solver solves (alpha(-2), K = 1000; the setup's
+                    # equilibration is presumably kept from the first data).
                     self.problem.solve(solver=self.solver, **options)
                 status = str(self.problem.status)
             except cp.error.SolverError:
@@ -559,7 +602,9 @@ class BandProblem:
             delta: Trust-region radius ``> 0``.
             polish: Move each optimum along the line from ``pi_old`` onto the exact
                 ball boundary and refine it (see the class docstring); ignored with
-                extra constraints.
+                extra constraints. Without it (or with extra constraints) the solver's
+                point is returned, solved at tolerances 1e-9
+                (:data:`_UNPOLISHED_TOLERANCES`) instead of the defaults.
 
         Returns:
             :class:`ConvexBand` (``method="dcp"``).
@@ -573,6 +618,7 @@ class BandProblem:
         delta = _check_delta(delta)
         flat, shape = _check_index(index, self.k)
         polish = bool(polish) and not self._extra_constraints
+        self._polishing = polish
         self._delta.value = delta
         n = flat.size
         out = {key: np.empty(n) for key in ("lower", "upper", "d_lower", "d_upper")}
@@ -606,10 +652,11 @@ class BandProblem:
 
 
 # Gap tolerances are scaled by the token's mass per unit of ratio, but not below this
-# factor (tolerances 1e-12): smaller ones end more often in "almost solved" (the
-# ill-conditioned cone of a rare token's lower bound, e.g. neyman_chi2 at p = 1e-4,
-# delta = 1). Below p = 1e-3 the ratio's gap tolerance is 1e-12 / p (1e-8 at
-# p = 1e-4), and the Newton refinement (_kkt_newton) carries the last digits.
+# factor (with the former default tolerances 1e-9, a floor of 1e-4 turned one more
+# validate solve, neyman_chi2 at p = 1e-4, delta = 1, into "almost solved": the
+# ill-conditioned cone of a rare token's lower bound). With the defaults 1e-6 the
+# ratio's gap tolerance is 1e-9 / p below p = 1e-3 (1e-5 at p = 1e-4), and the polish
+# and Newton refinement (_kkt_newton) carry the last digits.
 _GAP_SCALE_MIN = 1e-3
 
 
@@ -619,8 +666,8 @@ def _gap_in_ratio_units(options: Mapping[str, Any], mass_per_unit: float) -> dic
 
     Clarabel stops on ``gap < tol_gap_abs`` or ``gap / max(1, |objective|) < tol_gap_rel``:
     both are absolute for an objective below 1. The lower bound's objective is the mass
-    ``p * lower`` (``mass_per_unit = p`` in masses), so tolerances 1e-9 stated in masses
-    let the solver stop up to ``1e-9 / p`` away from the optimal ratio, with the rest of
+    ``p * lower`` (``mass_per_unit = p`` in masses), so tolerances ``tol`` stated in
+    masses let the solver stop up to ``tol / p`` away from the optimal ratio, with the rest of
     the distribution far from its optimal shape, a suboptimality that polishing cannot
     remove (``alpha(-1)``, p = 1e-4, delta = 1: the solver stopped at a ratio 60 % above
     the optimum, polishing left ~2e-6). The upper bound keeps masses: its objective
@@ -712,6 +759,9 @@ def _second_derivative(div: _div.Divergence) -> Callable[[Any, Any], Any] | None
 # is below _NEWTON_RTOL of the ratio (rounding level).
 _NEWTON_STEPS = 30
 _NEWTON_RTOL = 1e-14
+# How far toward pi_old a start with zero masses is moved (sqrt of float64's epsilon:
+# far below the solver's own error in the other masses).
+_NEWTON_FLOOR = 2.0 ** -26
 
 
 def _kkt_newton(div: _div.Divergence, f2: Callable[[Any, Any], Any], pi_old: np.ndarray,
@@ -750,7 +800,13 @@ def _kkt_newton(div: _div.Divergence, f2: Callable[[Any, Any], Any], pi_old: np.
 
     w = pi / pi_old
     if not np.all(w > 0):
-        return None
+        # A solver point at loose tolerances may hold exact zeros (clipped iterates)
+        # where the optimum has tiny masses (hellinger's upper bound at p = 0.99: the
+        # rest's mass ~1e-8). Start a step of _NEWTON_FLOOR toward pi_old instead,
+        # where every ratio is positive; Newton then moves each coordinate freely.
+        w = w + _NEWTON_FLOOR * (1.0 - w)
+        if not np.all(w > 0):
+            return None
     xp = array_namespace(w)
     c = np.zeros(w.size)
     c[i] = sign

@@ -157,6 +157,39 @@ def test_kkt_refinement_reaches_the_optimum_from_a_poor_start():
     assert convex._second_derivative(divergences.get("tv")) is None  # f'' is a DiracDelta
 
 
+def test_bound_exactly_at_its_saturation_threshold_is_certified():
+    # chi2's lower bound at p = 0.5, delta = 1 is exactly 0 (g(p, 0) = delta); the range
+    # end's float64 divergence is 1 + 1 ulp. A solve at tolerances 1e-6 returned
+    # 1.2e-11, outside the validator's floor RATIO_ATOL (bandtheory validate chi2 FAILed).
+    rest = np.random.default_rng(0).dirichlet(np.ones(49))
+    pi = np.concatenate([[0.5], 0.5 * rest])
+    res = BandProblem(50, "chi2").solve(pi, 0, delta=1.0)
+    assert res.status_lower == (SATURATED,)
+    assert res.lower == 0.0 and res.divergence_lower <= 1.0 * (1 + 1e-15)
+    ref = band_bounds(np.log(0.5), "chi2", delta=1.0)
+    assert abs(res.lower - ref.lower) <= _tol(ref.lower)
+
+
+def test_unpolished_solves_use_tight_tolerances(monkeypatch):
+    # The default tolerances (1e-6) rely on the polish and the KKT refinement; without
+    # them the solver's own point is the answer and is solved to 1e-9.
+    assert convex.DEFAULT_SOLVER_OPTIONS["tol_feas"] == 1e-6
+    pi, idx = _dirichlet(30, 4)
+    i = int(idx[0])
+    bp = BandProblem(30, "kl")
+    seen = []
+    solve = bp.problem.solve
+    monkeypatch.setattr(bp.problem, "solve", lambda **kw: (seen.append(kw), solve(**kw))[1])
+    ref = band_bounds(np.log(pi[i]), "kl", delta=0.1)
+    for polish, tol in ((True, 1e-6), (False, 1e-9)):
+        seen.clear()
+        res = bp.solve(pi, i, delta=0.1, polish=polish)
+        assert seen and all(kw["tol_feas"] == tol for kw in seen)
+        assert abs(res.upper - ref.upper) <= _tol(ref.upper)
+        assert abs(res.lower - ref.lower) <= _tol(ref.lower)
+        assert res.polished == polish
+
+
 def test_saturated_sides_are_certified_without_a_solve():
     # JS is bounded by log 2 < 1: the whole simplex is inside the ball.
     pi, idx = _dirichlet(10, 1)
@@ -380,9 +413,14 @@ def test_power_cone_alpha_rescaled_cones_describe_the_same_ball():
     bp = BandProblem(40, "alpha(0.3)")
     bp._delta.value = 0.2
     values = []
+    # The raw solver optimum (no polish) is compared, so the solver's own tolerances are
+    # pinned well below the 1e-6 checked here (the defaults, 1e-6, leave polishing and
+    # the Newton refinement to carry the last digits).
+    tight = {**convex.DEFAULT_SOLVER_OPTIONS, "tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9,
+             "tol_feas": 1e-9}
     for rescaled in (False, True):
         # One attempt only, in masses or in rescaled cones.
-        bp._attempts = lambda r=rescaled: [(dict(convex.DEFAULT_SOLVER_OPTIONS), r)]
+        bp._attempts = lambda r=rescaled: [(dict(tight), r)]
         point, status = bp._bound(pi, i, -1.0, "test")
         assert status == "optimal"
         values.append(point[i] / pi[i])
