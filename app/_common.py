@@ -16,6 +16,7 @@ import importlib.util
 import io
 import os
 import shutil
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -49,6 +50,12 @@ def optional_module(name: str, what: str) -> ModuleType | None:
     except ImportError as exc:
         st.info(f"{what} needs `{name}`, which is not available in this installation ({exc}).")
         return None
+
+
+def library_imported() -> bool:
+    """Whether this server has imported the library's plotting layer (and so numpy,
+    pandas, plotly and sympy): a page's computation then takes milliseconds, not seconds."""
+    return "bandtheory.plotting.interactive" in sys.modules
 
 
 # --------------------------------------------------------------------------------------
@@ -272,6 +279,33 @@ def chart(fig: Any, data: pd.DataFrame | Callable[[], pd.DataFrame] | None, *, s
         cols[2].download_button("CSV (data)", lambda: frame().to_csv(index=False).encode(),
                                 file_name=f"{stem}.csv", mime="text/csv", key=f"{key}_csv",
                                 on_click="ignore")
+
+
+#: Style of :func:`html_table`: Streamlit's table look (thin rules, muted headers), with
+#: right-aligned tabular figures so that the digits of a column line up.
+_TABLE_CSS = (
+    "<style>"
+    ".bt-table{border-collapse:collapse;width:100%;font-size:0.875rem;"
+    "font-variant-numeric:tabular-nums;margin-bottom:0.5rem}"
+    ".bt-table th,.bt-table td{border:1px solid rgba(128,128,128,0.25);"
+    "padding:0.25rem 0.5rem;white-space:nowrap}"
+    ".bt-table td{text-align:right}"
+    ".bt-table th{font-weight:400;opacity:0.75}"
+    ".bt-table thead th{text-align:right}"
+    ".bt-table tbody th{text-align:left}"
+    "</style>"
+)
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    """A frame of display strings as one escaped HTML ``<table>`` (for ``st.html``).
+
+    ``st.table`` renders every cell through Streamlit's Markdown component (and loads
+    the Arrow decoder): about 180 Markdown renders for the Bands page's table, which the
+    browser redoes at each rerun before it draws the chart. The values are shown
+    exactly as given; pandas escapes them.
+    """
+    return _TABLE_CSS + frame.to_html(classes="bt-table", border=0, escape=True)
 
 
 _MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>$~:")

@@ -6,12 +6,15 @@ The page reads widgets, calls :mod:`bandtheory` (through the cached helpers of
 ``_common``) and renders; the URL's query parameters hold its state for sharing.
 
 Speed: importing this file costs only streamlit. On a session's first run the page
-shows its title, an empty chart and an empty table before it imports bandtheory,
-pandas and plotly and computes the bounds, so the browser loads and compiles the code
-of those elements (plotly alone is several MB) while the server works. Curves, figure
-and table are cached per widget state; on a rerun the table is sent before the chart.
+shows its title and an empty chart first, so the browser loads and compiles plotly's
+code (several MB) while the server imports bandtheory, pandas and plotly (on a fresh
+server, with the controls and an empty table meanwhile) and computes the bounds.
+Curves, figure and table are cached per widget state; the table is sent before the
+chart, and (except on a fresh server's first run) both before the controls. The table
+is one HTML element: ``st.table`` would render each of its ~180 cells through
+Streamlit's Markdown component, at every rerun, before the browser draws the chart.
 The chart is drawn with the library's own plotly template (``theme=None``), as in the
-PNG/SVG downloads.
+PNG/SVG downloads. Measurements: benchmarks/README.md, "The app (Bands page)".
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def _table(table, view: str) -> None:
     shown = table.map(common.format_number)
     shown.index = [f"{scheme} · {side}" for scheme, side in table.index]
     st.subheader("Bounds at selected p")
-    st.table(shown)
+    st.html(common.html_table(shown))
     st.caption(
         f"{VIEW_LABELS[view].capitalize()} from bandtheory.schemes at the p shown. "
         "The page's state is in the URL: copy it to share this view."
@@ -229,11 +232,12 @@ def bands_page() -> None:
     """The Bands page: ratio bounds of every chosen scheme against the old probability.
 
     Widget values are read from the session state (every widget has a key), so the
-    widgets need not come first. On a session's first run they do, after the stand-ins
-    (module docstring), so that the browser loads their code while the server computes.
-    On a rerun the browser already shows the new value of the widget that changed, and
-    the widgets are sent after the results, so that the browser redraws the table and
-    the chart before it re-renders the controls.
+    widgets need not come first. On the first run of a fresh server's first session
+    they do, after the stand-ins (module docstring), so that the browser loads and
+    renders them while the server imports the library and computes. Otherwise (a rerun,
+    or a new visitor of a running server) the widgets are sent after the results, so
+    that the browser draws the table and the chart before it renders the controls; on a
+    rerun it already shows the new value of the widget that changed.
     """
     ss = st.session_state
     st.title("Bands: trust-region ratio bounds")
@@ -245,17 +249,20 @@ def bands_page() -> None:
     )
     controls = st.container()
     first = not ss.get("_bands_drawn")
+    # Controls before the results only while the server still imports the library (its
+    # first session): the browser renders them during those seconds. Once it is
+    # imported, the results take milliseconds and go first, as on a rerun.
+    controls_first = first and not common.library_imported()
     chart_slot, table_slot = _slot(first), _slot(first)
     if first:
         common.chart_placeholder(chart_slot, height=540, text="computing the bounds…")
     _init_state()
-    if first:
+    if controls_first:
         _sidebar()
         with table_slot.container():
             _table(common.table((), (), ss["bands_view"]), ss["bands_view"])  # header only
         _view_controls(controls)
     specs, user, warnings = _specs()
-    _save_state()
     try:
         if specs:
             _results(specs, user, chart_slot, table_slot, first)
@@ -265,9 +272,11 @@ def bands_page() -> None:
             table_slot.empty()
     finally:
         # Even when the results fail, so that the controls stay on the page.
-        if not first:
+        if not controls_first:
             _sidebar()
             _view_controls(controls)
+        # The URL last: the browser handles it (history entry) after the results.
+        _save_state()
     for message in warnings:
         controls.warning(f"Skipped divergence {common.plain(message)}")
 

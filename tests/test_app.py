@@ -12,9 +12,11 @@ import math
 import os
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bandtheory import band_bounds, divergences
@@ -48,8 +50,49 @@ def _no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+class _HtmlTable(HTMLParser):
+    """The rows of the ``<table>`` in an HTML text, as lists of cell texts (unescaped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _bands_tables(at: AppTest) -> list[pd.DataFrame]:
+    """The Bands page's tables of bounds (HTML elements holding a table), as frames of
+    the texts shown: index = first column, columns = the header row."""
+    frames = []
+    for element in at.get("html"):
+        body = element.proto.body
+        if "<table" not in body:
+            continue
+        parser = _HtmlTable()
+        parser.feed(body)
+        header, *rows = parser.rows
+        assert all(len(row) == len(header) for row in rows), parser.rows
+        frames.append(pd.DataFrame([row[1:] for row in rows], index=[row[0] for row in rows],
+                                   columns=header[1:]))
+    return frames
+
+
 def _cell(at: AppTest, row: str, p: float, table: int = 0) -> float:
-    frame = at.table[table].value
+    frame = _bands_tables(at)[table]
     text = str(frame.loc[row, f"p={p:g}"])
     return {"∞": math.inf, "−∞": -math.inf}.get(text, None) or float(text)
 
@@ -75,7 +118,7 @@ def test_bands_default_view_matches_closed_forms():
     at = _app().run()
     _no_exception(at)
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.table) == 1
+    assert len(_bands_tables(at)) == 1
     labels = {str(b.proto.label) for b in at.get("download_button")}
     assert {"PNG", "SVG", "CSV (data)"} <= labels or {"HTML", "CSV (data)"} <= labels
     for p in TABLE_P:
@@ -116,7 +159,7 @@ def test_bands_state_is_restored_from_the_url():
     _no_exception(at)
     assert at.select_slider(key="bands_delta").value == 0.2
     assert at.multiselect(key="bands_divs").value == ["hellinger", "alpha(1/2)"]
-    rows = list(at.table[0].value.index)
+    rows = list(_bands_tables(at)[0].index)
     assert "clip ε=0.3 · upper" in rows and not any("Clip-Higher" in r for r in rows)
     # alpha(1/2) is twice the squared Hellinger: same Band at delta and 2 delta.
     h = band_bounds(math.log(0.2), "hellinger", delta=0.1)
@@ -238,16 +281,48 @@ def test_bands_first_run_and_reruns_show_one_real_chart_and_one_table():
     names = _chart_trace_names(at)
     assert len(names) == 2 * n_schemes + 2  # upper and lower of each, the simplex limits
     assert names.count("Band kl (δ=0.05)") == 2 and names.count("simplex limits") == 2
-    assert len(at.table) == 1 and len(at.table[0].value) == 2 * n_schemes
+    assert len(_bands_tables(at)) == 1 and len(_bands_tables(at)[0]) == 2 * n_schemes
     for delta in (0.1, 0.07, 0.1):
         at.select_slider(key="bands_delta").set_value(delta).run()
         _no_exception(at)
         assert f"Band kl (δ={delta:g})" in _chart_trace_names(at)
-        assert len(at.table) == 1 and len(at.table[0].value) == 2 * n_schemes
+        assert len(_bands_tables(at)) == 1 and len(_bands_tables(at)[0]) == 2 * n_schemes
     # On reruns the controls are sent after the results; they are all still there.
     assert at.select_slider(key="bands_delta").value == 0.1
     assert at.multiselect(key="bands_divs").value == list(divergences.names())
     assert len(at.sidebar.slider) == 6 and len(at.radio) == 2
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_bands_first_run_shows_results_and_controls(monkeypatch, imported):
+    # While the server still imports the library (not imported), the first run sends
+    # the stand-ins and the controls before it computes; the stand-ins are then replaced
+    # by the results. Once it is imported, the results are sent first, then the controls.
+    common = _common_module()
+    monkeypatch.setattr(common, "library_imported", lambda: imported)
+    at = _app().run()
+    _no_exception(at)
+    n_schemes = len(divergences.names()) + 2
+    assert "Band kl (δ=0.05)" in _chart_trace_names(at)
+    tables = _bands_tables(at)
+    assert len(tables) == 1 and len(tables[0]) == 2 * n_schemes
+    assert _cell(at, "Band tv δ=0.05 · upper", 0.5) == pytest.approx(_tv_upper(0.5, 0.05))
+    assert len(at.sidebar.slider) == 6 and len(at.radio) == 2
+    monkeypatch.undo()
+    at.select_slider(key="bands_delta").set_value(0.1).run()
+    _no_exception(at)
+    assert _cell(at, "Band tv δ=0.1 · upper", 0.5) == pytest.approx(1.2)
+    assert len(_bands_tables(at)) == 1 and len(at.sidebar.slider) == 6 and len(at.radio) == 2
+
+
+def test_bands_table_is_escaped_html_of_the_shown_values():
+    common = _common_module()
+    frame = pd.DataFrame({"p=0.5": ["<b>1</b>", "∞"]}, index=["a & b · upper", "x"])
+    html = common.html_table(frame)
+    assert "<b>1</b>" not in html and "&lt;b&gt;1&lt;/b&gt;" in html and "a &amp; b" in html
+    parser = _HtmlTable()
+    parser.feed(html)
+    assert parser.rows == [["", "p=0.5"], ["a & b · upper", "<b>1</b>"], ["x", "∞"]]
 
 
 def test_bands_controls_stay_when_the_results_fail(monkeypatch):
