@@ -614,21 +614,43 @@ def y_start_upper(xp: Any, v: Any, t: Any, log_q: Any = None) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+class _Packed:
+    """Coefficients packed as rows ``[m, k (degree + 1)]``: every coefficient of a piece
+    in one row (see :func:`_polys`)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+
 def _polys(coefs: Any, index: Any, z: Any, degree: int) -> list[Any]:
     """Horner evaluation of each token's piece of every tabulated function.
 
-    ``coefs`` is ``[k (degree + 1), m]``: for each of the ``k`` functions its ``degree
-    + 1`` coefficient rows, each contiguous (:func:`_coefficients`). One row is gathered
-    at a time and used while it is in cache. Only the spelling of a gather and of a
-    Horner step differs between backends (the maths does not): NumPy's fastest gather
-    is the ``take`` method, followed by two in-place passes; torch's is
-    ``index_select``, and its step is one fused in-place ``addcmul_`` into the gathered
-    row. Measured on CPU at 65,536 tokens, one thread, per 1e6 tokens: NumPy ~8 ms for
-    two quadratics; torch 8.8 ms against 16 ms for one gather of packed ``[n, 6]`` rows
-    followed by strided column arithmetic, and 18 ms for ``take`` with two passes.
-    The array-API ``take`` wrapper is avoided: it costs several times more per call on
+    Only the spelling of the gathers and of a Horner step differs between backends and
+    layouts (the maths does not). ``coefs`` is ``[k (degree + 1), m]``: for each of the
+    ``k`` functions its ``degree + 1`` coefficient rows, each contiguous
+    (:func:`_coefficients`), gathered one at a time and used while in cache. NumPy's
+    fastest gather is the ``take`` method, followed by two in-place passes; torch's is
+    ``index_select``, and its step one fused in-place ``addcmul_`` into the gathered
+    row. Or ``coefs`` is :class:`_Packed` (torch, two functions, several CPU threads or
+    an accelerator): one ``index_select`` of whole rows, then ``addcmul`` on strided
+    columns. Measured per 1e6 tokens in chunks of 65,536 (torch CPU, two quadratics):
+    one thread, 8.8 ms row by row against 16 ms packed; two threads, 7.8 ms packed
+    against 9.8 ms (``index_select`` of one row does not use the second thread). For
+    one function row by row is the faster at either thread count (3.2-3.4 ms). The
+    array-API ``take`` wrapper is avoided: it costs several times more per call on
     torch.
     """
+    if isinstance(coefs, _Packed):
+        rows = coefs.rows.index_select(0, index)
+        out = []
+        for first in range(0, int(rows.shape[1]), degree + 1):
+            acc = rows[:, first + degree]
+            for k in range(degree - 1, -1, -1):
+                acc = rows[:, first + k].addcmul(acc, z)
+            out.append(acc)
+        return out
     torch_like = hasattr(coefs, "index_select")
     out = []
     for first in range(0, int(coefs.shape[0]), degree + 1):
@@ -884,20 +906,38 @@ def _numpy_coefficients(table: BandTable, stacked: bool) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _coefficients_on(table: BandTable, namespace: Any, dev: Any, stacked: bool) -> Any:
+def _coefficients_on(table: BandTable, namespace: Any, dev: Any, stacked: bool,
+                     packed: bool = False) -> Any:
     """:func:`_numpy_coefficients` as an array of a non-NumPy ``namespace`` on ``dev``
-    (cached)."""
-    return namespace.asarray(_numpy_coefficients(table, stacked), device=dev)
+    (cached); ``packed``: transposed into :class:`_Packed` rows."""
+    coef = _numpy_coefficients(table, stacked)
+    if packed:
+        return _Packed(namespace.asarray(np.ascontiguousarray(coef.T), device=dev))
+    return namespace.asarray(coef, device=dev)
+
+
+def _parallel(t: Any) -> bool:
+    """Whether the ops on ``t`` run on several threads or an accelerator (torch: not a
+    CPU tensor, or ``torch.get_num_threads() > 1``; a host-side query, no sync)."""
+    import sys
+
+    dev = getattr(t, "device", None)
+    if getattr(dev, "type", "cpu") != "cpu":
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.get_num_threads() > 1
 
 
 def _coefficients(xp: Any, table: BandTable, t: Any, *, stacked: bool = False) -> Any:
     """Evaluation coefficients for ``t``'s array type and device (``stacked``: ``[L | V]``),
-    with the NaN piece of :func:`_locate`."""
+    with the NaN piece of :func:`_locate`, in the layout :func:`_polys` evaluates
+    fastest there."""
     from array_api_compat import device, is_numpy_array
 
     if is_numpy_array(t):
         return _numpy_coefficients(table, stacked)
-    return _coefficients_on(table, xp, device(t), stacked)
+    packed = not stacked and hasattr(t, "index_select") and _parallel(t)
+    return _coefficients_on(table, xp, device(t), stacked, packed)
 
 
 def biting_bound(old_log_prob: Any, positive: Any, divergence: str | _div.Divergence = "kl",

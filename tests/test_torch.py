@@ -123,6 +123,35 @@ def test_mid_size_torch_input_takes_the_table_route(n, monkeypatch):
     np.testing.assert_allclose(got.lower.numpy(), ref.lower, rtol=0, atol=1e-12)
 
 
+def test_fast_mode_layouts_agree():
+    # torch evaluates the table row by row on one CPU thread and from packed rows on
+    # several threads (or an accelerator): the same polynomials, the same values.
+    from bandtheory import fast
+
+    rng = np.random.default_rng(5)
+    x = torch.tensor(np.concatenate([rng.uniform(np.log(1e-300), 0.0, 70_000), [np.nan, 1.0]]))
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            import array_api_compat.torch as xp
+
+            coefs = fast._coefficients(xp, fast.band_table("kl", delta=0.05), x)
+            assert isinstance(coefs, fast._Packed) == (n > 1)
+            out[n] = band_bounds(x, "kl", delta=0.05, mode="fast", check_input=False)
+    finally:
+        torch.set_num_threads(threads)
+    for side in ("lower", "upper"):
+        a, b = getattr(out[1], side).numpy(), getattr(out[2], side).numpy()
+        assert np.all(np.isnan(a[-2:])) and np.all(np.isnan(b[-2:]))
+        np.testing.assert_allclose(a[:-2], b[:-2], rtol=1e-14, atol=1e-300)
+    # Against NumPy's route: another exp (upper = 1 + e^V, V up to ~700 here: ~1e-13)
+    ref = band_bounds(x.numpy()[:-2], "kl", delta=0.05, mode="fast")
+    np.testing.assert_allclose(out[2].upper.numpy()[:-2], ref.upper, rtol=1e-12)
+    np.testing.assert_allclose(out[2].lower.numpy()[:-2], ref.lower, rtol=1e-12, atol=1e-300)
+
+
 def test_torch_validation_errors():
     with pytest.raises(ValueError, match="NaN"):
         band_bounds(torch.tensor([float("nan"), -1.0]))
