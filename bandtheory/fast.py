@@ -460,7 +460,7 @@ def _check_grid(degree: int, width: float, knots: np.ndarray, kinks: list[float]
 def _measured(table: BandTable, t_chk: np.ndarray) -> tuple[BandTable, _Check]:
     """``table`` with its errors on the check grid ``t_chk`` recorded, and the check."""
     with np.errstate(all="ignore"):
-        approx_lo, approx_up = _evaluate(np, table, t_chk, coefs=_coefficients(np, table, t_chk))
+        approx_lo, approx_up = _evaluate(np, table, t_chk, coefs=_evaluation_coefficients(table))
     check = _errors(table.divergence, table.delta, t_chk, approx_lo, approx_up)
     return dataclasses.replace(table, max_error=check.error, max_rel_error_upper=check.err_upper,
                                max_abs_error_lower=check.err_lower,
@@ -556,7 +556,7 @@ def _certify_polish(table: BandTable, t: np.ndarray, exact_lo: np.ndarray,
     inside = t < 0.0
     t, exact_lo, exact_up = t[inside], exact_lo[inside], exact_up[inside]
     with np.errstate(all="ignore"):
-        lower0, v = _evaluate_parts(np, table, t, _coefficients(np, table, t))
+        lower0, v = _evaluate_parts(np, table, t, _evaluation_coefficients(table))
     p, q = np.exp(t), -np.expm1(t)
     fin = np.isfinite(exact_up)
 
@@ -895,14 +895,20 @@ def _with_nan_piece(coef: np.ndarray) -> np.ndarray:
     return np.concatenate([coef, np.full((coef.shape[0], 1), math.nan)], axis=1)
 
 
-@functools.lru_cache(maxsize=32)
-def _numpy_coefficients(table: BandTable, stacked: bool) -> np.ndarray:
-    """The evaluation coefficients on NumPy (cached), contiguous rows for
-    :func:`_polys`, each piece table with the NaN piece ``n`` appended: ``[2 (degree +
-    1), n + 1]``, the ``L`` rows then the ``V`` rows, or (``stacked``, one polynomial
-    per token) ``[degree + 1, 2 (n + 1)]``, the ``L`` pieces then the ``V`` pieces."""
+def _evaluation_coefficients(table: BandTable, stacked: bool = False) -> np.ndarray:
+    """The evaluation coefficients on NumPy, contiguous rows for :func:`_polys`, each
+    piece table with the NaN piece ``n`` appended: ``[2 (degree + 1), n + 1]``, the
+    ``L`` rows then the ``V`` rows, or (``stacked``, one polynomial per token)
+    ``[degree + 1, 2 (n + 1)]``, the ``L`` pieces then the ``V`` pieces. Uncached: the
+    build's candidate tables use it once each."""
     lo, v = _with_nan_piece(table.coef_lower), _with_nan_piece(table.coef_v)
     return np.ascontiguousarray(np.concatenate([lo, v], axis=1 if stacked else 0))
+
+
+@functools.lru_cache(maxsize=32)
+def _numpy_coefficients(table: BandTable, stacked: bool) -> np.ndarray:
+    """:func:`_evaluation_coefficients` of a table in use (cached)."""
+    return _evaluation_coefficients(table, stacked)
 
 
 @functools.lru_cache(maxsize=16)
