@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -285,6 +286,8 @@ def _peak_torch_rss(n: int, method: str, delta: float, dtype: str) -> float:
     out = subprocess.run([sys.executable, "-c", code, str(n), method, repr(delta), dtype],
                          capture_output=True, text=True, timeout=1800, env=env)
     if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        warnings.warn(f"torch memory of {method} at N={n} not measured: {last}", stacklevel=2)
         return math.nan
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -35,8 +35,8 @@ gives ``lower = 0`` or ``upper = 1/p``. At ``p = 1`` the term ``b f(1 + c/b)`` i
 replaced by its perspective limit ``c f'(inf)``, which gives ``[r*, 1]``.
 
 Large inputs (32768 tokens or more on NumPy, 1024 or more on other backends, whose
-bracketing solver cannot stop early without a host read) skip the bracket: a fixed number of Newton steps,
-in ``w = e^{-m y}`` with ``m`` the order of ``f(v) - f(0)`` at ``v = 0``
+bracketing solver cannot stop early without a host read) skip the bracket: a fixed
+number of Newton steps, in ``w = e^{-m y}`` with ``m`` the order of ``f(v) - f(0)`` at ``v = 0``
 (:func:`_newton_power`), from a table start (:mod:`bandtheory.fast`: the fast table if
 cached, else a small start table built once per ``(divergence, delta)``). The number of
 steps is certified against the safeguarded solver when the table is built; it is a
@@ -514,10 +514,11 @@ def band_bounds(
             table certifies, fast mode returns the exact mode's values and warns once
             per ``(divergence, delta)`` with
             :class:`~bandtheory.fast.TableFallbackWarning`. Exact mode solves NumPy
-            inputs of 32768 tokens or more (other arrays, e.g. torch: 1024 or more) by a fixed, certified number of Newton steps
-            from a table start, with no host synchronisation: from fast mode's table
-            if one is already cached for ``(divergence, delta)``, else from a small
-            start table that exact mode builds once per ``(divergence, delta)`` (about
+            inputs of 32768 tokens or more (other arrays, e.g. torch: 1024 or more)
+            by a fixed, certified number of Newton steps from a table start, with
+            no host synchronisation: from fast mode's table if one is already
+            cached for ``(divergence, delta)``, else from a small start table that
+            exact mode builds once per ``(divergence, delta)`` (about
             0.1 s for KL, up to 0.5 s; cached). Exact mode never builds fast mode's
             table (seconds). The start table's values are not certified; the number
             of steps is (``1e-12`` against the safeguarded solver on a dense check

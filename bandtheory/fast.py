@@ -114,6 +114,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -925,8 +926,6 @@ def _coefficients_on(table: BandTable, namespace: Any, dev: Any, stacked: bool,
 def _parallel(t: Any) -> bool:
     """Whether the ops on ``t`` run on several threads or an accelerator (torch: not a
     CPU tensor, or ``torch.get_num_threads() > 1``; a host-side query, no sync)."""
-    import sys
-
     dev = getattr(t, "device", None)
     if getattr(dev, "type", "cpu") != "cpu":
         return True
