@@ -65,8 +65,10 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import types
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -363,7 +365,12 @@ class ConvexBand:
         lower, upper: The optimal ratios (for the cutting-plane path: the inner,
             attained end of the certified interval).
         lower_bracket, upper_bracket: ``(..., 2)`` certified intervals ``[a, b]`` that
-            contain the true optimum (cutting-plane path only; ``None`` for DCP).
+            contain the true optimum. Cutting plane: the outer (relaxed) bound and the
+            attained inner value. DCP: the attained (polished) value and the
+            Lagrangian dual bound at the multipliers of that point
+            (:func:`_dual_bound`); ``[v, v]`` for a saturated side; ``nan`` where no
+            dual bound was computed (``polish=False``, extra constraints, or a point
+            where the multipliers are not defined).
         status_lower, status_upper: Solver status of every solve (flattened order);
             :data:`SATURATED` when a feasible point at the end of the range
             (``pi_a = 1`` or ``pi_a = 0``) certified the bound without a solve.
@@ -515,8 +522,20 @@ class BandProblem:
         return [({**DEFAULT_SOLVER_OPTIONS, **tight, **extra, **self.solver_options}, rescaled)
                 for extra, rescaled in _ATTEMPTS]
 
-    def _bound(self, pi_old: np.ndarray, i: int, sign: float, context: str) -> tuple[np.ndarray, str]:
-        """One optimisation (``sign = +1`` lower, ``-1`` upper); the optimal ``pi`` and status."""
+    def _side(self, pi_old: np.ndarray, i: int, sign: float, context: str,
+              polish: bool) -> tuple[np.ndarray, str, float]:
+        """One bound (``sign = +1`` lower, ``-1`` upper): the optimal ``pi``, its status
+        and the certified far end of the interval around the optimal ratio (the dual
+        bound of :func:`_dual_bound`; ``nan`` where none was computed).
+
+        Attempts (:meth:`_attempts`) run in turn until one ends optimal and, when the
+        optimum is polished, its duality gap is within :data:`CERTIFY_RTOL`: an
+        interior-point solve can end "optimal" at a point whose ratio is off by more
+        than its tolerances suggest (``alpha(-4)``, ``K = 1000``, ``p = 1e-6``,
+        ``delta = 1``: a lower bound 2.4 % too high that polishing and refinement kept),
+        and the dual bound shows it. If no attempt certifies, the best certified point
+        is returned with an :class:`InaccurateSolutionWarning` that names the gap.
+        """
         import cvxpy as cp
 
         p = pi_old[i]
@@ -531,11 +550,14 @@ class BandProblem:
             edge = _edge_point(pi_old, i, sign)
             if (_divergence_of_ratio(self.divergence, pi_old, edge / pi_old)
                     <= self._delta.value * (1.0 + _SATURATION_RTOL)):
-                return edge, SATURATED
+                return edge, SATURATED, edge[i] / p
+        delta = float(self._delta.value)
         c = np.zeros(self.k)
         c[i] = sign
         self._c.value = c
-        fallback: tuple[np.ndarray, str] | None = None
+        # (gap, pi, status, certified end) of the best optimum seen: optimal before
+        # optimal_inaccurate, then the smaller certified gap (nan: none computed).
+        best: tuple[tuple[int, float], np.ndarray, str, float] | None = None
         status = ""
         for options, rescaled in self._attempts():
             if rescaled:
@@ -564,21 +586,41 @@ class BandProblem:
                 status = "solver_error"
             if status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and self._y.value is not None:
                 pi = np.maximum(sigma * np.asarray(self._y.value, dtype=np.float64), 0.0)
-                if status == cp.OPTIMAL:
-                    return pi, status
-                fallback = fallback or (pi, status)
+                end, gap = math.nan, math.nan
+                if polish:
+                    pi = _polish(self.divergence, pi_old, pi, delta)
+                    pi = self._refine(pi_old, pi, delta, i, sign)
+                    end = _dual_bound(self.divergence, pi_old, pi, i, sign, delta)
+                    gap = sign * (pi[i] / p - end)  # in ratio units, >= 0 up to rounding
+                certified = not gap > _certified_gap(pi[i] / p, p)  # nan: not computed
+                rank = (0 if status == cp.OPTIMAL else 1, gap if gap >= 0 else 0.0)
+                if best is None or not rank >= best[0]:
+                    best = (rank, pi, status, end)
+                if status == cp.OPTIMAL and certified:
+                    return pi, status, end
             elif status in (cp.INFEASIBLE, cp.UNBOUNDED, cp.INFEASIBLE_INACCURATE,
                             cp.UNBOUNDED_INACCURATE):
                 break  # a certificate, not a numerical failure: retrying cannot help
-        if fallback is not None:
+        if best is None:
+            raise ConvexSolveError(status, self.solver, context)
+        (_, gap), pi, status, end = best
+        value = pi[i] / p
+        if status != cp.OPTIMAL:
             warnings.warn(
                 f"{context}: solver {self.solver} returned status 'optimal_inaccurate'; "
                 "values may be less accurate than the solver's tolerances",
                 InaccurateSolutionWarning,
                 stacklevel=4,
             )
-            return fallback
-        raise ConvexSolveError(status, self.solver, context)
+        else:
+            warnings.warn(
+                f"{context}: no solve certified the bound: its duality gap is "
+                f"{gap / abs(value) if value else math.inf:.2g} relative (tolerance "
+                f"{CERTIFY_RTOL:g}); the true optimum lies in the returned bracket",
+                InaccurateSolutionWarning,
+                stacklevel=4,
+            )
+        return pi, status, end
 
     def _refine(self, pi_old: np.ndarray, pi: np.ndarray, delta: float, i: int,
                 sign: float) -> np.ndarray:
@@ -623,16 +665,18 @@ class BandProblem:
         n = flat.size
         out = {key: np.empty(n) for key in ("lower", "upper", "d_lower", "d_upper")}
         statuses: dict[str, list[str]] = {"lower": [], "upper": []}
+        brackets = {"lower": np.empty((n, 2)), "upper": np.empty((n, 2))}
         for j, i in enumerate(flat):
             for side, sign in (("lower", 1.0), ("upper", -1.0)):
                 context = (f"convex Band ({self.divergence.name}, {side} bound of token {i}, "
                            f"delta={delta:g}, K={self.k})")
-                pi, status = self._bound(pi_old, int(i), sign, context)
-                if polish and status != SATURATED:
-                    pi = _polish(self.divergence, pi_old, pi, delta)
-                    pi = self._refine(pi_old, pi, delta, int(i), sign)
-                out[side][j] = pi[i] / pi_old[i]
+                pi, status, end = self._side(pi_old, int(i), sign, context, polish)
+                value = pi[i] / pi_old[i]
+                out[side][j] = value
                 out["d_" + side][j] = _divergence_of_ratio(self.divergence, pi_old, pi / pi_old)
+                # A rounding-level negative gap would invert the pair: sorted, it still
+                # holds the optimum.
+                brackets[side][j] = sorted((end, value)) if end == end else (end, end)
                 statuses[side].append(status)
         return ConvexBand(
             index=flat.reshape(shape),
@@ -647,6 +691,8 @@ class BandProblem:
             delta=delta,
             method="dcp",
             solver=self.solver,
+            lower_bracket=brackets["lower"].reshape(shape + (2,)),
+            upper_bracket=brackets["upper"].reshape(shape + (2,)),
             polished=polish,
         )
 
@@ -744,6 +790,130 @@ def _polish(div: _div.Divergence, pi_old: np.ndarray, pi: np.ndarray, delta: flo
     m = brentq(lambda x: min(excess(x), 1e12), lo, hi, xtol=max(xtol, 1e-300),
                rtol=4 * np.finfo(float).eps, maxiter=200)
     return point(m)
+
+
+#: Relative duality gap within which a polished DCP optimum counts as certified
+#: (:func:`_dual_bound`); a larger gap sends the side to the solver's next attempt. Ten
+#: times inside the validator's :data:`CONVEX_RTOL`.
+CERTIFY_RTOL = 1e-7
+
+
+def _certified_gap(value: float, p: float) -> float:
+    """The largest duality gap, in ratio units, that certifies a ratio ``value`` of a
+    token of mass ``p``: :data:`CERTIFY_RTOL` relative, with the cutting plane's floor
+    (:data:`_GAP_FLOOR` in masses) for bounds that are 0 in float64."""
+    return max(CERTIFY_RTOL * abs(value), _GAP_FLOOR / p)
+
+
+# log(w) range searched for a root of f'(w) = s: every positive normal float64 ratio.
+_LOG_W_MIN, _LOG_W_MAX = -745.0, 709.0
+
+
+def _f1_root(div: _div.Divergence, s: float, start: float) -> float | None:
+    """The minimiser over ``w >= 0`` of ``f(w) - s w``: the root of ``f'(w) = s``
+    (``0`` when ``f'`` stays above ``s``), or ``None`` when there is none (``s`` at or
+    above ``f'(inf)``) or ``f'`` is not finite on the way.
+
+    ``f'`` is nondecreasing (``f`` convex), so the root is bracketed by doubling steps
+    in ``log w`` from ``start`` (the primal point's ratio, next to the root) and found by
+    Brent's method; a kinked ``f`` (TV) has its kink as the root.
+    """
+    from scipy.optimize import brentq
+
+    def h(y: float) -> float:
+        return float(_f1_values(div, np.array([math.exp(y)]))[0]) - s
+
+    y0 = math.log(start) if start > 0 else -30.0
+    lo = hi = min(max(y0, _LOG_W_MIN), _LOG_W_MAX)
+    step = 0.5
+    with np.errstate(all="ignore"):
+        value = h(lo)
+        if math.isnan(value):
+            return None
+        # Walk down while f'(w) > s, up while f'(w) < s, until the sign changes.
+        down = value > 0
+        while (value > 0) if down else (value < 0):
+            if down:
+                hi, lo = lo, max(lo - step, _LOG_W_MIN)
+            else:
+                lo, hi = hi, min(hi + step, _LOG_W_MAX)
+            value = h(lo if down else hi)
+            if math.isnan(value):
+                return None
+            if (value > 0) if down else (value < 0):
+                if down and lo <= _LOG_W_MIN:
+                    return 0.0  # f'(0+) >= s: the minimiser is w = 0
+                if not down and hi >= _LOG_W_MAX:
+                    return None
+            step *= 2.0
+        if lo == hi:
+            return math.exp(lo)
+        y = brentq(h, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=300)
+    return math.exp(y)
+
+
+def _dual_bound(div: _div.Divergence, pi_old: np.ndarray, pi: np.ndarray, i: int,
+                sign: float, delta: float) -> float:
+    """A certified bound on the optimal ratio by Lagrangian (weak) duality: below the
+    lower bound (``sign = +1``) or above the upper one (``-1``); ``nan`` where it cannot
+    be computed.
+
+    With ratios ``w = pi / pi_old`` the program is ``min sign * pi_old_i w_i`` over
+    ``sum_x pi_old_x f(w_x) <= delta``, ``sum_x pi_old_x w_x = 1``, ``w >= 0``. For any
+    ``lam > 0`` and ``mu`` the Lagrangian's minimum over ``w`` bounds the optimum from
+    below, and it separates over the tokens:
+
+    .. math::
+
+        d(\\lambda, \\mu) = \\sum_x \\pi^{old}_x \\min_{w \\ge 0}
+            \\big[(c_x + \\mu) w + \\lambda f(w)\\big] - \\lambda\\delta - \\mu,
+        \\quad c = \\text{sign}\\; e_i .
+
+    The multipliers are read off the polished optimum ``pi``: ``f'`` at the token's
+    ratio ``w_i`` and the ``pi_old``-weighted mean ``g0`` of ``f'`` over the other
+    tokens fix ``lam = sign / (g0 - f'(w_i))`` and ``mu = -lam g0`` (stationarity of
+    the token and of the average other token). Each inner minimum is then attained at
+    ``f'(w) = -(c_x + mu) / lam``: at ``w_i`` itself for the token, and at the root
+    ``w0`` of ``f'(w0) = g0`` (:func:`_f1_root`) for every other token (at each of
+    their own ratios when ``pi`` is optimal). So
+
+    .. math::
+
+        d = \\lambda \\Big[\\textstyle\\sum_{x \\ne i} \\pi^{old}_x \\big(f(w_0) - g_0 w_0\\big)
+            + p \\big(f(w_i) - f'(w_i) w_i\\big) - \\delta + g_0\\Big]
+
+    and ``sign * d / p`` is the bound in ratio units. Written this way no term is the
+    difference of a large multiplier and a number of order one (the token's slope is
+    ``f'(w_i)`` itself, not ``-(sign + mu) / lam``, which loses every digit when ``lam``
+    is tiny: kl's upper bound at ``p = 0.999``). The bound is valid for any multipliers
+    (rounding aside); its distance to the optimum is of first order in how far ``pi``
+    is from optimal, so a suboptimal point shows as a gap. Every coordinate's inner
+    problem is solved over its own ``w``: nothing assumes the rest of ``pi_old`` is
+    irrelevant (the one-dimensional reduction), though at the optimum the gap closing
+    is what that reduction predicts.
+    """
+    w = pi / pi_old
+    others = np.arange(w.size) != i
+    alive = others & (w > 0)
+    if not alive.any() or not w[i] > 0:
+        return math.nan
+    with np.errstate(all="ignore"):
+        g = _f1_values(div, w)
+        gi = float(g[i])
+        g0 = float(pi_old[alive] @ g[alive] / pi_old[alive].sum())
+    if not (math.isfinite(gi) and math.isfinite(g0)) or not sign * (g0 - gi) > 0:
+        return math.nan
+    lam = sign / (g0 - gi)
+    w0 = _f1_root(div, g0, float(np.median(w[alive])))
+    if w0 is None:
+        return math.nan
+    p = float(pi_old[i])
+    with np.errstate(all="ignore"):
+        f0, fi = _f_values(div, np.array([w0, w[i]]))
+        inner = (float(pi_old[others].sum()) * (f0 - g0 * w0) + p * (fi - gi * float(w[i]))
+                 - delta + g0)
+    bound = sign * lam * inner / p
+    return bound if math.isfinite(bound) else math.nan
 
 
 def _second_derivative(div: _div.Divergence) -> Callable[[Any, Any], Any] | None:
@@ -1086,6 +1256,43 @@ def _cutting_plane_band(div, pi_old, flat, shape, delta, *, solver, solver_optio
 # --------------------------------------------------------------------------------------
 
 
+#: Compiled Band programs kept by :func:`convex_band`, least recently used out. A
+#: program is specific to ``(K, divergence, solver, options)``; compiling one costs
+#: 20-400 ms at K = 1000 (cvxpy's canonicalisation), a re-solve of a compiled one
+#: 10-60 ms, so a sweep of calls over ``pi_old``, ``delta`` or tokens at one ``K``
+#: pays the compilation once.
+_PROGRAM_CACHE_SIZE = 4
+_programs: OrderedDict[tuple[Any, ...], tuple[BandProblem, threading.Lock]] = OrderedDict()
+_programs_lock = threading.Lock()
+
+
+def _compiled_program(k: int, div: _div.Divergence, solver: str | None,
+                      solver_options: Mapping[str, Any] | None
+                      ) -> tuple[BandProblem, threading.Lock]:
+    """A compiled :class:`BandProblem` for these settings (cached) and the lock that
+    serialises its solves (its parameters are set per solve)."""
+    try:
+        key = (k, div, solver, tuple(sorted((solver_options or {}).items())))
+        hash(key)
+    except TypeError:  # unhashable option values: no caching
+        return (BandProblem(k, div, solver=solver, solver_options=solver_options),
+                threading.Lock())
+    with _programs_lock:
+        entry = _programs.get(key)
+        if entry is not None:
+            _programs.move_to_end(key)
+            return entry
+    # Compiled outside the lock (it takes a while); two threads may both compile.
+    entry = (BandProblem(k, div, solver=solver, solver_options=solver_options),
+             threading.Lock())
+    with _programs_lock:
+        entry = _programs.setdefault(key, entry)
+        _programs.move_to_end(key)
+        while len(_programs) > _PROGRAM_CACHE_SIZE:
+            _programs.popitem(last=False)
+    return entry
+
+
 def convex_band(
     pi_old: Any,
     index: Any,
@@ -1115,7 +1322,11 @@ def convex_band(
         pi_old: Old distribution, shape ``(K,)``, entries ``> 0``, summing to 1
             (within 1e-6; it is renormalised). ``K`` up to about 10,000.
         index: A token index or an array of indices; several indices are solved with
-            one compiled program (DCP) or one shared cut pool (cutting plane).
+            one compiled program (DCP) or one shared cut pool (cutting plane). DCP
+            programs are also kept between calls (the last
+            :data:`_PROGRAM_CACHE_SIZE` settings of ``K``, divergence, solver and
+            options, without extra ``constraints``), so repeated calls at one ``K``
+            compile once.
         divergence: A registry name or entry (built-in or user divergence).
         delta: Trust-region radius ``> 0``.
         method: ``"dcp"`` (exact conic form of the registry entry), ``"cutting_plane"``
@@ -1155,9 +1366,13 @@ def convex_band(
     if method == "auto":
         method = "dcp" if div.dcp is not None else "cutting_plane"
     if method == "dcp":
-        problem = BandProblem(pi_old.size, div, solver=solver, solver_options=solver_options,
-                              constraints=constraints)
-        return problem.solve(pi_old, flat.reshape(shape), delta=delta)
+        if constraints is not None:
+            problem = BandProblem(pi_old.size, div, solver=solver,
+                                  solver_options=solver_options, constraints=constraints)
+            return problem.solve(pi_old, flat.reshape(shape), delta=delta)
+        problem, lock = _compiled_program(pi_old.size, div, solver, solver_options)
+        with lock:
+            return problem.solve(pi_old, flat.reshape(shape), delta=delta)
     if constraints is not None:
         raise ValueError("constraints are supported by method='dcp' only (the cutting-plane "
                          "certificate pulls points back towards pi_old, which they may exclude)")
