@@ -104,13 +104,37 @@ def baseline_kl_band(old_log_prob: Any, *, delta: float = 0.05, iters: int = 50,
     return 0.5 * (lo_l + hi_l), 0.5 * (lo_u + hi_u)
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved(methods: dict[str, Callable[[], Any]], sync: Callable[[], Any], repeats: int,
+                 *, baseline_once: bool) -> dict[str, list[float]]:
+    """Seconds of each method over ``repeats`` rounds, every method once per round.
+
+    Interleaving keeps the ratios fair on a machine whose speed drifts (a shared 2-core
+    VM moves by 30 % within minutes): each ratio compares methods timed seconds apart,
+    not one method's repeats against another's a minute later. ``baseline_once``: the
+    baseline runs in the first round only (it takes seconds at ``N >= 1e7``).
+    """
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for round_ in range(repeats):
+        for name, fn in methods.items():
+            if name == "baseline" and baseline_once and round_ > 0:
+                continue
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median over rounds of ``num / den`` (a single ``num`` divides every ``den``)."""
+    if len(num) == 1:
+        return num[0] / statistics.median(den)
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def _ratio_range(num: Sequence[float], den: Sequence[float]) -> str:
+    ratios = [a / b for a, b in zip(num, den)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def _peak_numpy(fn: Callable[[], Any]) -> float:
@@ -163,7 +187,8 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
     Args:
         sizes: Numbers of tokens ``N`` (each ``>= 1``).
         backends: ``"numpy"`` and / or ``"torch"`` (CPU, and CUDA when available).
-        repeats: Timed repeats per method (median); the baseline runs once at ``N >= 1e7``.
+        repeats: Timed rounds; each round runs every method once, in turn (the baseline
+            only in the first round at ``N >= 1e7``).
         delta: KL radius of the Band.
         dtype: Input dtype of the methods (``"float32"``, ``"float64"``, ...).
         write: Where the table lines go.
@@ -172,9 +197,11 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
 
     Returns:
         One dict per (size, backend, method): ``n``, ``backend``, ``method``,
-        ``seconds`` (median), ``x_baseline`` (baseline time / this time), ``max_err``,
-        ``peak_arrays64`` (peak extra memory in float64 arrays of ``N``; ``nan`` for
-        torch unless ``torch_memory``).
+        ``seconds`` (median over rounds), ``x_baseline`` (median over rounds of the
+        baseline's time over this method's in the same round), ``loss_ratio`` (the same
+        median of ``band_loss`` over ``clip_loss``), ``max_err``, ``peak_arrays64`` (peak
+        extra memory in float64 arrays of ``N``; ``nan`` for torch unless
+        ``torch_memory``).
     """
     sizes = tuple(int(n) for n in sizes)
     if not sizes or min(sizes) < 1:
@@ -313,20 +340,17 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
     old, new, adv = conv(old64), conv(new64), conv(adv64)
     methods = _methods(old, new, adv, delta, clip, band_fast)
     label = f"{backend}-{dev}" if backend == "torch" else backend
-    rows = []
     # Overflow and 0/0 are intended in the baseline (p = 1, r = 0); silenced here only,
     # not for the caller's process.
     with np.errstate(all="ignore"):
+        outs = {}
         for name, fn in methods.items():
-            reps = 1 if (name == "baseline" and n >= 10_000_000) else repeats
-            out = fn()  # warm-up; its result is the one checked
+            outs[name] = fn()  # warm-up; its result is the one checked
             sync()
-
-            def timed(fn=fn):
-                fn()
-                sync()
-
-            seconds = _time(timed, reps)
+        times = _interleaved(methods, sync, repeats, baseline_once=n >= 10_000_000)
+        rows = []
+        for name, fn in methods.items():
+            out = outs[name]
             if name in loss_truth:
                 err = _loss_err(out, loss_truth[name])
             else:
@@ -340,18 +364,21 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
                 peak = _peak_torch_rss(n, name, delta, dtype)
             else:
                 peak = math.nan
-            rows.append(dict(n=n, backend=label, method=name, seconds=seconds, max_err=err,
-                             peak_arrays64=peak))
-    base = rows[0]["seconds"]
+            rows.append(dict(n=n, backend=label, method=name,
+                             seconds=statistics.median(times[name]),
+                             x_baseline=_median_ratio(times["baseline"], times[name]),
+                             max_err=err, peak_arrays64=peak))
+    loss_ratio = _median_ratio(times["band_loss"], times["clip_loss"])
     for row in rows:
-        row["x_baseline"] = base / row["seconds"]
+        row["loss_ratio"] = loss_ratio
     write(f"\nN={n:.0e}  {label}  ({dtype} in)")
     write(f"{'method':<10} {'median ms':>10} {'x baseline':>11} {'max err':>9} "
           f"{'peak (f64 arrays of N)':>23}")
     for row in rows:
         write(f"{row['method']:<10} {row['seconds'] * 1e3:>10.2f} {row['x_baseline']:>11.1f} "
               f"{row['max_err']:>9.1e} {row['peak_arrays64']:>23.2f}")
-    write(f"band_loss / clip_loss = {rows[4]['seconds'] / rows[3]['seconds']:.2f}")
+    write(f"band_loss / clip_loss = {loss_ratio:.2f} (median over rounds; range "
+          f"{_ratio_range(times['band_loss'], times['clip_loss'])})")
     return rows
 
 
@@ -365,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="N = 1e6 only")
     parser.add_argument("--n", type=int, action="append", metavar="N",
                         help="number of tokens (repeatable; overrides --quick)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds, every method once per round (medians)")
     parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
     parser.add_argument("--torch-memory", action="store_true",
                         help="also measure torch CPU's peak extra memory (a fresh process "

@@ -136,3 +136,18 @@ def test_torch_peak_memory_is_measured_in_a_fresh_process():
     assert 1.0 <= fast <= 4.0
     # the baseline holds several full-size float32 temporaries at once
     assert bench._peak_torch_rss(n, "baseline", 0.05, "float32") > fast
+
+
+def test_rounds_interleave_methods_and_ratios_pair_rounds():
+    calls = []
+    methods = {name: (lambda name=name: calls.append(name)) for name in METHODS}
+    times = bench._interleaved(methods, lambda: None, 3, baseline_once=False)
+    assert calls == METHODS * 3  # every method once per round, in turn
+    assert {name: len(t) for name, t in times.items()} == dict.fromkeys(METHODS, 3)
+    calls.clear()
+    times = bench._interleaved(methods, lambda: None, 3, baseline_once=True)
+    assert calls == METHODS + METHODS[1:] * 2 and len(times["baseline"]) == 1
+    # Ratios pair the rounds: median of (2/1, 4/1, 9/3) = 3, not median / median = 4.
+    assert bench._median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+    assert bench._median_ratio([6.0], [1.0, 2.0, 3.0]) == 3.0  # one baseline run
+    assert bench._ratio_range([2.0, 4.0], [1.0, 1.0]) == "2.00-4.00"
