@@ -193,6 +193,14 @@ def test_dual_bound_is_valid_at_suboptimal_points(name):
     assert np.isnan(convex._dual_bound(div, pi_old, np.eye(30)[i], i, -1.0, delta))
 
 
+def _recording_solves(monkeypatch, bp):
+    """The keyword options of every solver call ``bp`` makes, recorded in a list."""
+    seen = []
+    solve = bp.problem.solve
+    monkeypatch.setattr(bp.problem, "solve", lambda **kw: (seen.append(kw), solve(**kw))[1])
+    return seen
+
+
 def _certify_failing_once(monkeypatch, fail_calls):
     """Make _dual_bound report a far-off bound on its first ``fail_calls`` calls."""
     calls = []
@@ -211,9 +219,7 @@ def test_uncertified_optimum_goes_to_the_next_attempt(monkeypatch):
     pi, idx = _dirichlet(20, 3)
     i = int(idx[0])
     bp = BandProblem(20, "kl")
-    seen = []
-    solve = bp.problem.solve
-    monkeypatch.setattr(bp.problem, "solve", lambda **kw: (seen.append(kw), solve(**kw))[1])
+    seen = _recording_solves(monkeypatch, bp)
     calls = _certify_failing_once(monkeypatch, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", convex.InaccurateSolutionWarning)
@@ -275,9 +281,7 @@ def test_unpolished_solves_use_tight_tolerances(monkeypatch):
     pi, idx = _dirichlet(30, 4)
     i = int(idx[0])
     bp = BandProblem(30, "kl")
-    seen = []
-    solve = bp.problem.solve
-    monkeypatch.setattr(bp.problem, "solve", lambda **kw: (seen.append(kw), solve(**kw))[1])
+    seen = _recording_solves(monkeypatch, bp)
     ref = band_bounds(np.log(pi[i]), "kl", delta=0.1)
     for polish, tol in ((True, 1e-6), (False, 1e-9)):
         seen.clear()
