@@ -392,7 +392,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="N = 1e6 only")
     parser.add_argument("--n", type=int, action="append", metavar="N",
                         help="number of tokens (repeatable; overrides --quick)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds, every method once per round (medians)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds, every method once per round (medians)")
     parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
     parser.add_argument("--torch-memory", action="store_true",
                         help="also measure torch CPU's peak extra memory (a fresh process "

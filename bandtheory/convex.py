@@ -567,8 +567,9 @@ class BandProblem:
         c = np.zeros(self.k)
         c[i] = sign
         self._c.value = c
-        # (gap, pi, status, certified end) of the best optimum seen: optimal before
-        # optimal_inaccurate, then the smaller certified gap (nan: none computed).
+        # (rank, pi, status, certified end) of the best optimum seen; rank orders
+        # optimal before optimal_inaccurate, then the smaller duality gap (a gap that
+        # was not computed, nan, ranks as 0).
         best: tuple[tuple[int, float], np.ndarray, str, float] | None = None
         status = ""
         for options, rescaled in self._attempts():

@@ -237,7 +237,8 @@ def test_no_certified_attempt_warns_with_the_gap(monkeypatch):
     bp = BandProblem(20, "kl")
     bp._attempts = lambda: [(dict(convex.DEFAULT_SOLVER_OPTIONS), False)] * 2
     _certify_failing_once(monkeypatch, 2)
-    with pytest.warns(convex.InaccurateSolutionWarning, match=r"lower bound .* duality gap is 0\.5"):
+    gap_warning = r"lower bound .* duality gap is 0\.5"
+    with pytest.warns(convex.InaccurateSolutionWarning, match=gap_warning):
         res = bp.solve(pi, i, delta=0.2)
     # The best point is returned, with the (honest, wide) bracket it was certified to.
     assert res.status_lower == ("optimal",)
