@@ -11,7 +11,10 @@ to ``p = 1e-8``):
 3. ``fast``: ``mode="fast"`` (the table is built before timing; its build time is
    reported separately);
 4. ``clip_loss``: :func:`bandtheory.policy_loss` with canonical clipping;
-5. ``band_loss``: the same with ``band("kl", mode="fast")`` (bounds computed inside).
+5. ``band_loss``: the same with ``band("kl", mode="fast")`` (bounds computed inside);
+6. and 7., torch only: ``compiled`` and ``compiled_loss``, methods 3 and 5 with
+   ``mode="compiled"`` (the table evaluated by a ``torch.compile`` kernel; the first
+   call, which compiles, is reported separately and not timed).
 
 The losses are timed in the configuration a trainer's hot loop uses: float32 inputs,
 no response mask (a packed batch), ``agg="token-mean"``, ``check_input=False`` (the
@@ -199,7 +202,8 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
         One dict per (size, backend, method): ``n``, ``backend``, ``method``,
         ``seconds`` (median over rounds), ``x_baseline`` (median over rounds of the
         baseline's time over this method's in the same round), ``loss_ratio`` (the same
-        median of ``band_loss`` over ``clip_loss``), ``max_err``, ``peak_arrays64`` (peak
+        median of ``band_loss`` over ``clip_loss``), ``compiled_loss_ratio`` (of
+        ``compiled_loss``; ``nan`` on NumPy), ``max_err``, ``peak_arrays64`` (peak
         extra memory in float64 arrays of ``N``; ``nan`` for torch unless
         ``torch_memory``).
     """
@@ -253,14 +257,22 @@ def run(*, sizes=(1_000_000, 10_000_000), backends=("numpy", "torch"), repeats: 
 
 
 def _methods(old, new, adv, delta, clip, band_fast) -> dict[str, Callable[[], Any]]:
-    """The five timed methods on the tokens ``(old, new, adv)``."""
-    return {
+    """The timed methods on the tokens ``(old, new, adv)``: the five, and for torch
+    the two compiled ones."""
+    methods = {
         "baseline": lambda: baseline_kl_band(old, delta=delta),
         "exact": lambda: band_bounds(old, "kl", delta=delta, check_input=False),
         "fast": lambda: band_bounds(old, "kl", delta=delta, check_input=False, mode="fast"),
         "clip_loss": lambda: policy_loss(new, old, adv, scheme=clip, check_input=False)[0],
         "band_loss": lambda: policy_loss(new, old, adv, scheme=band_fast, check_input=False)[0],
     }
+    if not isinstance(old, np.ndarray):
+        band_compiled = schemes.band("kl", delta=delta, mode="compiled")
+        methods["compiled"] = lambda: band_bounds(old, "kl", delta=delta, check_input=False,
+                                                  mode="compiled")
+        methods["compiled_loss"] = lambda: policy_loss(new, old, adv, scheme=band_compiled,
+                                                       check_input=False)[0]
+    return methods
 
 
 def _status_kib(field: str) -> int:
@@ -345,14 +357,19 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
     with np.errstate(all="ignore"):
         outs = {}
         for name, fn in methods.items():
+            t0 = time.perf_counter()
             outs[name] = fn()  # warm-up; its result is the one checked
             sync()
+            if name.startswith("compiled"):
+                write(f"{name} first call ({label}, compiles the kernel; torch caches it on "
+                      f"disk): {time.perf_counter() - t0:.2f} s")
         times = _interleaved(methods, sync, repeats, baseline_once=n >= 10_000_000)
         rows = []
         for name, fn in methods.items():
             out = outs[name]
-            if name in loss_truth:
-                err = _loss_err(out, loss_truth[name])
+            if name.endswith("_loss"):
+                err = _loss_err(out, loss_truth["clip_loss" if name == "clip_loss"
+                                                else "band_loss"])
             else:
                 lo, up = out
                 if backend != "numpy":
@@ -369,16 +386,22 @@ def _measure(backend, dev, n, tokens, truth, loss_truth, *, repeats, delta, dtyp
                              x_baseline=_median_ratio(times["baseline"], times[name]),
                              max_err=err, peak_arrays64=peak))
     loss_ratio = _median_ratio(times["band_loss"], times["clip_loss"])
+    compiled_ratio = (_median_ratio(times["compiled_loss"], times["clip_loss"])
+                      if "compiled_loss" in times else math.nan)
     for row in rows:
         row["loss_ratio"] = loss_ratio
+        row["compiled_loss_ratio"] = compiled_ratio
     write(f"\nN={n:.0e}  {label}  ({dtype} in)")
-    write(f"{'method':<10} {'median ms':>10} {'x baseline':>11} {'max err':>9} "
+    write(f"{'method':<13} {'median ms':>10} {'x baseline':>11} {'max err':>9} "
           f"{'peak (f64 arrays of N)':>23}")
     for row in rows:
-        write(f"{row['method']:<10} {row['seconds'] * 1e3:>10.2f} {row['x_baseline']:>11.1f} "
+        write(f"{row['method']:<13} {row['seconds'] * 1e3:>10.2f} {row['x_baseline']:>11.1f} "
               f"{row['max_err']:>9.1e} {row['peak_arrays64']:>23.2f}")
     write(f"band_loss / clip_loss = {loss_ratio:.2f} (median over rounds; range "
           f"{_ratio_range(times['band_loss'], times['clip_loss'])})")
+    if "compiled_loss" in times:
+        write(f"compiled_loss / clip_loss = {compiled_ratio:.2f} (median over rounds; range "
+              f"{_ratio_range(times['compiled_loss'], times['clip_loss'])})")
     return rows
 
 

@@ -174,7 +174,8 @@ class BandScheme:
     divergence: _div.Divergence
     delta: float
     name: str = "band"
-    #: ``"exact"`` (float64 root, <= 1e-12) or ``"fast"`` (certified table, <= 1e-7).
+    #: ``"exact"`` (float64 root, <= 1e-12), ``"fast"`` (certified table, <= 1e-7) or
+    #: ``"compiled"`` (that table through a ``torch.compile`` kernel for torch tensors).
     mode: str = "exact"
 
     @property
@@ -192,11 +193,11 @@ class BandScheme:
         """``upper`` where ``positive`` (advantage ``> 0``), else ``lower``: the only end
         that can bind a clipped surrogate. In fast mode one polynomial per token (see
         :func:`bandtheory.fast.biting_bound`); in exact mode both ends are solved."""
-        if self.mode == "fast":
+        if self.mode != "exact":
             from .fast import biting_bound
 
             return biting_bound(old_log_prob, positive, self.divergence, delta=self.delta,
-                                check_input=check_input)
+                                check_input=check_input, compiled=self.mode == "compiled")
         band = self.bounds(old_log_prob, check_input=check_input)
         xp = array_namespace(band.upper)
         return xp.where(positive, band.upper, band.lower)
@@ -228,7 +229,9 @@ def band(
     """The Band for a divergence (name or entry) and radius ``delta > 0``.
 
     ``mode="exact"`` solves for the float64 roots (<= 1e-12); ``mode="fast"`` evaluates
-    a cached table certified to <= 1e-7 relative (see :mod:`bandtheory.fast`).
+    a cached table certified to <= 1e-7 relative (see :mod:`bandtheory.fast`);
+    ``mode="compiled"`` evaluates that table for torch tensors by a ``torch.compile``
+    kernel (see :func:`bandtheory.band_bounds`).
     """
     return BandScheme(_div.get(divergence), _check_delta(delta), mode=_check_mode(mode))
 

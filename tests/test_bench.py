@@ -15,12 +15,13 @@ import pytest
 from bandtheory import band_bounds, bench, cli
 
 METHODS = ["baseline", "exact", "fast", "clip_loss", "band_loss"]
+TORCH_METHODS = METHODS + ["compiled", "compiled_loss"]
 DELTA = 0.05
 
 
 def _check_rows(rows, backend, n):
     mine = [r for r in rows if r["backend"] == backend and r["n"] == n]
-    assert [r["method"] for r in mine] == METHODS
+    assert [r["method"] for r in mine] == (METHODS if backend == "numpy" else TORCH_METHODS)
     for r in mine:
         assert r["seconds"] > 0 and math.isfinite(r["seconds"]), r
         assert r["x_baseline"] > 0 and math.isfinite(r["x_baseline"]), r
@@ -34,15 +35,23 @@ def _check_rows(rows, backend, n):
     # Losses against float64 (band_loss: fast float32 vs exact float64 bounds): float32
     # sums of terms of both signs leave ~1e-7 relative.
     assert err["clip_loss"] <= 1e-5 and err["band_loss"] <= 1e-5
+    if backend != "numpy":
+        assert err["compiled"] <= 2e-7 and err["compiled_loss"] <= 1e-5
+        assert all(r["compiled_loss_ratio"] > 0 for r in mine)
+    else:
+        assert all(math.isnan(r["compiled_loss_ratio"]) for r in mine)
     return mine
 
 
 def _check_table(text, backend):
     assert f"{backend}  (float32 in)" in text
-    for method in METHODS:
+    for method in (METHODS if backend == "numpy" else TORCH_METHODS):
         line = next(ln for ln in text.splitlines() if ln.startswith(method + " "))
         assert "nan" not in line.split()[:4], line  # time, ratio and error are numbers
     assert "band_loss / clip_loss = " in text
+    if backend != "numpy":
+        assert "compiled_loss / clip_loss = " in text
+        assert "compiled first call (torch-cpu, compiles the kernel" in text
 
 
 def test_run_python_api_numpy_and_torch():
