@@ -145,6 +145,9 @@ def test_torch_peak_memory_is_measured_in_a_fresh_process():
     assert 1.0 <= fast <= 4.0
     # the baseline holds several full-size float32 temporaries at once
     assert bench._peak_torch_rss(n, "baseline", 0.05, "float32") > fast
+    # the compiled kernel is one fused loop: its two float32 outputs and nothing else
+    assert 1.0 <= bench._peak_torch_rss(n, "compiled", 0.05, "float32") <= 1.05
+    assert 1.0 <= bench._peak_torch_rss(n, "compiled_loss", 0.05, "float32") <= 4.0
 
 
 def test_rounds_interleave_methods_and_ratios_pair_rounds():
