@@ -211,3 +211,17 @@ def test_mode_is_validated_everywhere():
         schemes.band("kl", mode="jit")
     assert schemes.band("kl", mode="compiled").mode == "compiled"
     assert divergences.get("kl") is schemes.band("kl", mode="compiled").divergence
+
+
+def test_a_cubic_table_compiles_and_stays_within_the_certificate(monkeypatch):
+    # The registry's tables are quadratic at the usual radii; force a cubic one (a new
+    # delta, so nothing cached) to run the degree-3 Horner loop through the compiler.
+    monkeypatch.setattr(fast, "_SPECS", ((3, 1.0 / 16.0),))
+    table = fast.band_table("chi2", delta=0.0731)
+    assert table.degree == 3
+    logp = np.linspace(np.log(1e-8), -1e-6, 4001)
+    got = band_bounds(torch.tensor(logp), "chi2", delta=0.0731, mode="compiled")
+    exact = band_bounds(logp, "chi2", delta=0.0731)
+    np.testing.assert_allclose(got.upper.numpy(), exact.upper, rtol=TOLERANCE, atol=0)
+    np.testing.assert_allclose(got.lower.numpy(), exact.lower, rtol=0, atol=TOLERANCE)
+    assert not fast._COMPILE_FAILED
