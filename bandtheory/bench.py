@@ -444,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_band",
         description="Benchmark baseline bisection, exact and fast Band, clip and Band-KL "
-        "losses on realistic tokens (numpy and torch).",
+        "losses on realistic tokens (numpy and torch; on torch also mode='compiled' and "
+        "its Band-KL loss).",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

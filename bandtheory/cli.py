@@ -440,7 +440,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="time the Band evaluators and surrogate losses against a bisection baseline",
         description="Benchmark baseline bisection, exact and fast Band, clip and Band-KL "
-        "losses on N = 1e6 and 1e7 realistic tokens (numpy and torch).",
+        "losses on N = 1e6 and 1e7 realistic tokens (numpy and torch; on torch also "
+        "mode='compiled' and its Band-KL loss).",
     )
     from . import bench
 
