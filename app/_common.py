@@ -11,12 +11,15 @@ elements (and the browser start loading their code) while the server imports the
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import io
 import os
 import shutil
 import sys
+import threading
+import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -56,6 +59,74 @@ def library_imported() -> bool:
     """Whether this server has imported the library's plotting layer (and so numpy,
     pandas, plotly and sympy): a page's computation then takes milliseconds, not seconds."""
     return "bandtheory.plotting.interactive" in sys.modules
+
+
+#: Modules imported since the last :func:`settle_heap` that make it freeze again.
+FREEZE_AFTER_NEW_MODULES = 25
+
+_heap_lock = threading.Lock()
+_heap = {"modules": 0, "freezes": 0}
+
+
+def serving() -> bool:
+    """Whether this process is a Streamlit server (``streamlit run`` or ``st.App``), not
+    a test harness (``AppTest``) whose process must keep Python's default collector."""
+    from streamlit import config
+
+    return getattr(config, "_server_mode", None) is not None
+
+
+def pause_collector_for_import() -> None:
+    """Switch the cyclic garbage collector off while the library is not imported yet.
+
+    Called at the start of every run. Importing bandtheory (sympy, pandas, plotly) on a
+    fresh server's first run otherwise triggers 3-4 full collections (60-90 ms each on
+    this machine) that walk the modules being imported. :func:`settle_heap` at the
+    end of the run collects, freezes and switches the collector back on.
+    """
+    if serving() and not library_imported():
+        gc.disable()
+
+
+def settle_heap() -> bool:
+    """Take the long-lived heap out of the cyclic garbage collector's full passes.
+
+    Called at the end of every run of every page. The server holds millions of
+    long-lived objects once bandtheory, sympy, pandas and plotly are imported (modules,
+    sympy's caches, plotly's validators), and each run allocates enough containers for
+    Python to start a full (generation 2) collection every run or two, which walks all
+    of them: 70-170 ms on this machine, in the script's thread or the server's event
+    loop, i.e. in the middle of a rerun whose budget is 300 ms. After a full collection
+    of the garbage there is now, :func:`gc.freeze` moves every surviving object to the
+    permanent generation, which later passes skip (they still see everything allocated
+    afterwards, and reference counting still frees frozen objects).
+
+    It acts only when at least :data:`FREEZE_AFTER_NEW_MODULES` modules have been
+    imported since the last freeze (the first run of a page that imports more of the
+    library), so it runs a handful of times per server process, after the page's
+    elements have been sent. The price: a reference cycle among frozen objects that
+    becomes garbage later is not reclaimed (a few sessions' worth of state at most).
+
+    Only in a Streamlit server (:func:`serving`); in ``AppTest`` it does nothing.
+
+    Returns:
+        Whether the heap was frozen now.
+    """
+    with _heap_lock:
+        try:
+            modules = len(sys.modules)
+            if not serving() or modules - _heap["modules"] < FREEZE_AFTER_NEW_MODULES:
+                return False
+            start = time.perf_counter()
+            gc.collect()
+            gc.freeze()
+            _heap["modules"] = modules
+            _heap["freezes"] += 1
+            print(f"bandtheory app: heap frozen ({modules} modules, {gc.get_freeze_count()} objects, "
+                  f"collection {1e3 * (time.perf_counter() - start):.0f} ms)", file=sys.stderr, flush=True)
+            return True
+        finally:
+            gc.enable()
 
 
 # --------------------------------------------------------------------------------------

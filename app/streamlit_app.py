@@ -19,8 +19,10 @@ PNG/SVG downloads. Measurements: benchmarks/README.md, "The app (Bands page)".
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -29,7 +31,11 @@ _APP_DIR = Path(__file__).resolve().parent
 if str(_APP_DIR) not in sys.path:
     sys.path.insert(0, str(_APP_DIR))
 
-import _common as common  # noqa: E402
+if __name__ == "__main__":
+    # The app's script. Imported as a module (by uvicorn, see ``app`` at the end), the
+    # helpers are imported by warm_up, once Streamlit's runtime has started: their caches
+    # then find the runtime's storage when they are declared.
+    import _common as common  # noqa: E402
 
 #: The log-scale radius slider: 1, 1.5, 2, 3, 5, 7 per decade from 1e-3 to 1.
 DELTAS: tuple[float, ...] = tuple(
@@ -150,27 +156,36 @@ def _sidebar() -> None:
     sb.slider("points", 50, 2000, step=50, key="bands_n")
 
 
-def _specs() -> tuple[tuple, tuple, list[str]]:
-    """Scheme specs from the widgets, the user divergences used, and warnings."""
-    ss = st.session_state
-    user = common.user_items()
-    relax = (ss["bands_eps_low"], ss["bands_eps_high"]) if ss["bands_relax"] else None
-    cap = float(ss["bands_cap_max"]) if ss["bands_cap"] else None
+def _specs_of(values, user: tuple) -> tuple[tuple, list[str]]:
+    """Scheme specs (``_common.build_scheme``) from the widget values, and warnings.
+
+    ``values`` maps the widget keys of :func:`_state` to their values (the session state,
+    or the defaults in :func:`warm_up`).
+    """
+    relax = (values["bands_eps_low"], values["bands_eps_high"]) if values["bands_relax"] else None
+    cap = float(values["bands_cap_max"]) if values["bands_cap"] else None
     specs, warnings = [], []
-    for name in ss["bands_divs"]:
+    for name in values["bands_divs"]:
         try:
             common.resolve(name, user)
         except (ValueError, TypeError) as exc:
             warnings.append(f"{name}: {exc}")
             continue
-        specs.append(("band", name, float(ss["bands_delta"]), relax, cap))
-    if ss["bands_clip"]:
-        specs.append(("clip", float(ss["bands_eps"])))
-    if ss["bands_ch"]:
-        specs.append(("clip_higher", float(ss["bands_eps_low"]), float(ss["bands_eps_high"])))
-    if ss["bands_dcpo"]:
-        specs.append(("dcpo", float(ss["bands_dcpo_low"]), float(ss["bands_dcpo_high"])))
-    return tuple(specs), user, warnings
+        specs.append(("band", name, float(values["bands_delta"]), relax, cap))
+    if values["bands_clip"]:
+        specs.append(("clip", float(values["bands_eps"])))
+    if values["bands_ch"]:
+        specs.append(("clip_higher", float(values["bands_eps_low"]), float(values["bands_eps_high"])))
+    if values["bands_dcpo"]:
+        specs.append(("dcpo", float(values["bands_dcpo_low"]), float(values["bands_dcpo_high"])))
+    return tuple(specs), warnings
+
+
+def _specs() -> tuple[tuple, tuple, list[str]]:
+    """Scheme specs from the widgets, the user divergences used, and warnings."""
+    user = common.user_items()
+    specs, warnings = _specs_of(st.session_state, user)
+    return specs, user, warnings
 
 
 def _slot(first: bool):
@@ -210,17 +225,19 @@ def _table(table, view: str) -> None:
     )
 
 
+def _view_of(values) -> tuple[bool, int, str, bool]:
+    """(log_x, points, view, log_y) of the chart and table from the widget values."""
+    return (values["bands_x"] == "log", int(values["bands_n"]), values["bands_view"],
+            bool(values.get("bands_logy", False)))
+
+
 def _results(specs: tuple, user: tuple, chart_slot, table_slot, first: bool) -> None:
     """The table of bounds, then the chart (the table sits below the chart on the page).
 
     Sent in this order, the browser shows the numbers at once and then draws the chart,
     the slowest element of the page.
     """
-    ss = st.session_state
-    log_x = ss["bands_x"] == "log"
-    view = ss["bands_view"]
-    log_y = bool(ss.get("bands_logy", False))
-    n = int(ss["bands_n"])
+    log_x, n, view, log_y = _view_of(st.session_state)
     with _fill(table_slot, first):
         _table(common.table(specs, user, view), view)
     fig = common.bands_figure(specs, user, log_x, n, view, log_y)
@@ -290,7 +307,62 @@ def main() -> None:
         st.Page(str(_APP_DIR / "pages" / "3_Divergence_lab.py"), title="Divergence lab", url_path="lab", icon=":material/science:"),
         st.Page(str(_APP_DIR / "pages" / "4_Simulation.py"), title="Simulation", url_path="simulation", icon=":material/casino:"),
     ]
-    st.navigation(pages).run()
+    common.pause_collector_for_import()
+    try:
+        st.navigation(pages).run()
+    finally:
+        # After the page's elements have been sent (see _common.settle_heap).
+        common.settle_heap()
 
 
-main()
+def warm_up() -> float:
+    """Compute a new visitor's default view into the caches; returns the seconds taken.
+
+    Imports the library and fills the caches of the Bands page's default table and chart
+    (the same calls, with the same arguments, as :func:`_results` on a fresh session),
+    then settles the heap (:func:`_common.settle_heap`). Run by the server before it
+    serves (:data:`app`), so that its first visitor does not wait for the imports and
+    the first computation (sympy's derivations behind every built-in divergence).
+    """
+    global common
+    import _common as common
+
+    start = time.perf_counter()
+    common.pause_collector_for_import()
+    try:
+        values = {key: default for key, _, default, _, _ in _state()}
+        specs, _ = _specs_of(values, ())
+        log_x, n, view, log_y = _view_of(values)
+        common.table(specs, (), view)
+        common.bands_figure(specs, (), log_x, n, view, log_y)
+    finally:
+        common.settle_heap()
+    return time.perf_counter() - start
+
+
+@contextlib.asynccontextmanager
+async def _warm_lifespan(_app):
+    """Startup of the server (``st.App``): :func:`warm_up` before the first request.
+
+    A failure is reported and the server starts anyway: the page then computes on
+    demand, as without the warm-up.
+    """
+    try:
+        seconds = warm_up()
+    except Exception as exc:  # the app must start regardless; the page shows real errors
+        print(f"bandtheory app: warm-up failed ({type(exc).__name__}: {exc}); serving without it",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"bandtheory app: default view computed in {seconds:.2f} s before serving",
+              file=sys.stderr, flush=True)
+    yield
+
+
+if __name__ == "__main__":
+    # Streamlit runs this file as the app's script (``__main__``) for every session.
+    main()
+elif hasattr(st, "App"):
+    # ``streamlit run app/streamlit_app.py`` finds this ASGI app (it parses the file, it
+    # does not run it), imports this file as a module and serves it with uvicorn: the
+    # same app, whose script is this file, with :func:`warm_up` before serving.
+    app = st.App(__file__, lifespan=_warm_lifespan)

@@ -7,6 +7,7 @@ and the numbers it shows equal independent truth: closed forms of THEORY.md sect
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -313,6 +314,123 @@ def test_bands_first_run_shows_results_and_controls(monkeypatch, imported):
     _no_exception(at)
     assert _cell(at, "Band tv δ=0.1 · upper", 0.5) == pytest.approx(1.2)
     assert len(_bands_tables(at)) == 1 and len(at.sidebar.slider) == 6 and len(at.radio) == 2
+
+
+@pytest.fixture
+def heap():
+    """The app's heap bookkeeping, restored afterwards (and the collector as it was)."""
+    common = _common_module()
+    saved, frozen_before, enabled = dict(common._heap), gc.get_freeze_count(), gc.isenabled()
+    yield common
+    gc.unfreeze()
+    if frozen_before:  # pragma: no cover - nobody else freezes in the test process
+        gc.freeze()
+    common._heap.clear()
+    common._heap.update(saved)
+    (gc.enable if enabled else gc.disable)()
+
+
+def test_heap_is_frozen_after_the_first_run_of_a_server(monkeypatch, heap):
+    # In a server, the run that imported the library ends with a full collection and a
+    # freeze (the collector is switched back on); the next runs import nothing new and
+    # leave the heap as it is.
+    monkeypatch.setattr(heap, "serving", lambda: True)
+    heap._heap["modules"] = 0
+    assert gc.get_freeze_count() == 0
+    at = _app().run()
+    _no_exception(at)
+    assert heap._heap["freezes"] == 1 and gc.get_freeze_count() > 100_000 and gc.isenabled()
+    at.select_slider(key="bands_delta").set_value(0.1).run()
+    _no_exception(at)
+    assert heap._heap["freezes"] == 1 and gc.isenabled()
+    assert not heap.settle_heap()
+
+
+def test_collector_is_paused_only_while_a_server_imports_the_library(monkeypatch, heap):
+    monkeypatch.setattr(heap, "serving", lambda: True)
+    monkeypatch.setattr(heap, "library_imported", lambda: False)
+    heap.pause_collector_for_import()
+    assert not gc.isenabled()
+    heap._heap["modules"] = len(sys.modules)  # nothing new imported: no freeze
+    assert not heap.settle_heap()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    monkeypatch.setattr(heap, "library_imported", lambda: True)
+    heap.pause_collector_for_import()
+    assert gc.isenabled()
+
+
+def test_heap_is_left_alone_outside_a_server(heap):
+    # AppTest (and any other host that is not a Streamlit server) keeps Python's default.
+    assert not heap.serving()
+    heap._heap["modules"] = 0
+    at = _app().run()
+    _no_exception(at)
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and heap._heap["freezes"] == 0
+    assert not heap.settle_heap()
+
+
+def _app_module(monkeypatch):
+    """app/streamlit_app.py imported as a module, as uvicorn imports it (``st.App`` faked:
+    the real one would pin this process's Streamlit configuration)."""
+    import importlib.util
+
+    import streamlit as st
+
+    made = []
+    monkeypatch.setattr(st, "App", lambda *args, **kwargs: made.append((args, kwargs)) or "the app",
+                        raising=False)
+    spec = importlib.util.spec_from_file_location("bandtheory_app_module", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, made
+
+
+def test_streamlit_run_serves_the_app_with_a_warm_up():
+    # `streamlit run app/streamlit_app.py` parses the file, finds the st.App and serves it.
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    found = discover_asgi_app(Path(APP))
+    assert found.is_asgi_app and found.import_string == "streamlit_app:app"
+
+
+def test_warm_up_fills_the_caches_of_a_new_visitors_first_run(monkeypatch):
+    import streamlit as st
+
+    from bandtheory.plotting import interactive
+
+    module, made = _app_module(monkeypatch)
+    ((args, kwargs),) = made
+    assert args == (APP,) and kwargs["lifespan"] is module._warm_lifespan and module.app == "the app"
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    assert module.warm_up() > 0
+    # The first run of a new session computes nothing: every result is in the caches.
+    for name in ("curves_frame", "bounds_table", "bands_figure"):
+        monkeypatch.setattr(interactive, name, lambda *a, **k: pytest.fail("computed again after the warm-up"))
+    at = _app().run()
+    _no_exception(at)
+    assert "Band kl (δ=0.05)" in _chart_trace_names(at)
+    assert _cell(at, "Band tv δ=0.05 · upper", 0.5) == pytest.approx(_tv_upper(0.5, 0.05))
+
+
+def test_a_failed_warm_up_is_reported_and_the_server_starts(monkeypatch, capsys):
+    import asyncio
+
+    module, _ = _app_module(monkeypatch)
+
+    def fail():
+        raise RuntimeError("no numbers today")
+
+    monkeypatch.setattr(module, "warm_up", fail)
+    entered = []
+
+    async def serve():
+        async with module._warm_lifespan(None):
+            entered.append(True)
+
+    asyncio.run(serve())
+    assert entered == [True]
+    assert "warm-up failed (RuntimeError: no numbers today); serving without it" in capsys.readouterr().err
 
 
 def test_bands_table_is_escaped_html_of_the_shown_values():
