@@ -14,9 +14,10 @@ latency is not counted:
 - first load: from navigation until the table of bounds shows the library's value and
   until the chart shows the real curves (its legend lists "Band kl (δ=0.05)"; the
   empty stand-in drawn while the server computes has no legend); ``first_load_s`` is
-  the later of the two. The first load of a fresh server (imports, first computation)
-  is repeated on ``BANDTHEORY_BROWSER_REPEATS`` fresh servers (default 3) and the
-  median is reported;
+  the later of the two. The first load of a fresh server (its first session: the server
+  has imported the library and computed the default view before it answered
+  ``/_stcore/health``, see ``warm_up`` in the app) is repeated on
+  ``BANDTHEORY_BROWSER_REPEATS`` fresh servers (default 3) and the median is reported;
 - first load of a new visitor on the running server (fresh browser context, warm
   server: imports done, default view cached), ``warm_server_first_load_s``, median of
   ``BANDTHEORY_BROWSER_REPEATS`` visits;
