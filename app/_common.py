@@ -91,7 +91,7 @@ def pause_collector_for_import() -> None:
 def settle_heap() -> bool:
     """Take the long-lived heap out of the cyclic garbage collector's full passes.
 
-    Called at the end of every run of every page. The server holds millions of
+    Called at the end of every run of every page. The server holds ~200,000
     long-lived objects once bandtheory, sympy, pandas and plotly are imported (modules,
     sympy's caches, plotly's validators), and each run allocates enough containers for
     Python to start a full (generation 2) collection every run or two, which walks all
